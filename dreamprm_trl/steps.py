@@ -1,0 +1,372 @@
+"""Chain-of-Function steps: prompt templates, code extraction, and the one rule that cuts a program into steps.
+
+A *step* is one function of a program (DreamPRM-Code, Sec. 3.1): the PRM scores the program after every
+function, and Monte-Carlo rollouts restart from the program cut after step ``k``. Splitting is done with
+``ast`` (never with line heuristics) and is lossless: ``"".join(s.text for s in steps) == code``, so steps can
+be re-joined, tokenised and scored without drifting from what was executed. Pure functions; no torch.
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import re
+import tokenize
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "COF_TEMPLATE_VERSION",
+    "COF_TEMPLATES",
+    "STEP_KINDS",
+    "Step",
+    "chain_of_function_prompt",
+    "extract_code",
+    "split_lines",
+    "split_program",
+    "split_steps",
+    "step_prefixes",
+]
+
+# ----------------------------------------------------------------------------------------------------------------
+# Prompt templates (bump the version whenever the wording changes: cached generations are keyed on it)
+
+COF_TEMPLATE_VERSION = "cof-v1"
+
+_COF_RULES = """\
+Write the solution in Chain-of-Function style:
+1. Start with one high-level entry function{entry}. Its docstring states the strategy in a few lines: the key \
+observation, the algorithm, and its time complexity. Its body reads like a plan that calls the helpers.
+2. Then define each helper as a separate top-level function (no nested functions, no lambdas holding logic), \
+each with a one-line docstring saying what it computes. Keep every function short and single-purpose.
+3. Use only the Python standard library. Do not print debugging output.
+Return the complete program in a single ```python code block and nothing after it."""
+
+COF_TEMPLATES: dict[str, str] = {
+    "stdin": """\
+### Problem
+{prompt}
+
+### Format
+Read the input from standard input and write the answer to standard output. The entry function is `main()`; \
+end the program with:
+if __name__ == "__main__":
+    main()
+
+### Instructions
+{rules}
+""",
+    "leetcode": """\
+### Problem
+{prompt}
+
+### Starter code
+```python
+{starter_code}
+```
+
+### Instructions
+Keep the class and method signature of the starter code exactly. The method of the class is the entry \
+function: its docstring states the strategy and its body calls helper functions that you define at top level \
+after the class.
+{rules}
+""",
+    "function": """\
+### Problem
+{prompt}
+{starter_block}
+### Instructions
+Implement `{entry_point}` with exactly the requested signature; it is the entry function.
+{rules}
+""",
+    "class": """\
+### Problem
+{prompt}
+{starter_block}
+### Instructions
+Complete every method of the class skeleton, keeping all names and signatures. Each method is one step: give \
+it a docstring that says how it works, and move shared logic into extra methods of the class.
+Use only the imports the skeleton needs plus the Python standard library. Return the complete class, with its \
+imports, in a single ```python code block and nothing after it.
+""",
+}
+
+
+def _template_key(style: str, starter_code: str, entry_point: str | None) -> str:
+    if style == "unittest":
+        return "class"
+    if style == "stdin" or (style == "call" and not starter_code.strip() and not entry_point):
+        return "stdin"
+    if style == "call" and re.search(r"^[ \t]*class\s+\w+", starter_code, flags=re.M):
+        return "leetcode"
+    return "function"
+
+
+def chain_of_function_prompt(problem: Any, style: str | None = None) -> str:
+    """Render the Chain-of-Function prompt for ``problem`` (a ``tasks.Problem`` or any object with ``prompt``,
+    ``starter_code``, ``style`` and ``entry_point`` attributes, or a plain stdin/stdout problem statement).
+
+    The template follows the problem style: stdin/stdout, LeetCode-style class starter code, a function to
+    implement (HumanEval, MBPP) or a class skeleton to complete (ClassEval). ``style`` overrides the problem's.
+    """
+    if isinstance(problem, str):
+        prompt, starter, entry = problem, "", None
+        style = style or "stdin"
+    else:
+        if not hasattr(problem, "prompt"):
+            raise TypeError(
+                f"chain_of_function_prompt expects a Problem or a str, got {type(problem).__name__}; "
+                "build one with tasks.Problem(task_id=..., prompt=...)."
+            )
+        prompt = problem.prompt
+        starter = getattr(problem, "starter_code", "") or ""
+        entry = getattr(problem, "entry_point", None)
+        style = style or getattr(problem, "style", None) or "call"
+    key = _template_key(style, starter, entry)
+    if key == "function" and starter.strip() and starter.strip() == prompt.strip():
+        prompt = "Complete the function below so that it does what its docstring says."  # HumanEval
+    named = {"function": f" `{entry}`" if entry else "", "stdin": " `main()`"}
+    rules = _COF_RULES.format(entry=named.get(key, ""))
+    shown = starter.strip() and starter.strip() not in prompt
+    starter_block = f"\n```python\n{starter.rstrip()}\n```\n" if shown else ""
+    return COF_TEMPLATES[key].format(
+        prompt=prompt.strip("\n"),
+        starter_code=starter.rstrip(),
+        starter_block=starter_block,
+        entry_point=entry or "the entry function",
+        rules=rules,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Code extraction
+
+_FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([\w+.#-]*)[^\n]*$")
+_PYTHON_TAGS = {"python", "py", "python3", "py3", "pycon", "ipython"}
+_END_MARKERS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end|>", "</s>", "<|EOT|>")
+
+
+_DEFINES = re.compile(r"^[ \t]*(?:async[ \t]+def|def|class)[ \t]", flags=re.M)
+_CODE_START = re.compile(r"^(?:import |from \S+ import |class |def |async def |@)", flags=re.M)
+
+
+def _parse(code: str) -> ast.Module | None:
+    """``ast.parse`` that returns None for code that does not parse, silently (no SyntaxWarning spam)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return ast.parse(code)
+        except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
+            return None
+
+
+def extract_code(completion: str) -> str:
+    """The program in a model completion.
+
+    The last fenced python block (tagged ``python``/``py``, else untagged) that defines a function or class, else
+    the last such block; unterminated fences run to the end of the text. Without fences: the whole text, less
+    any leading prose line(s) when the text does not parse but the code after them does. Text after an
+    end-of-text marker (``<|endoftext|>``, ``</s>``, ...) is dropped first.
+    """
+    text = completion
+    for marker in _END_MARKERS:
+        cut = text.find(marker)
+        if cut != -1:
+            text = text[:cut]
+    blocks: list[tuple[str, str]] = []
+    lines = text.splitlines(keepends=True)
+    i = 0
+    while i < len(lines):
+        match = _FENCE.match(lines[i].rstrip("\r\n"))
+        if not match:
+            i += 1
+            continue
+        fence, lang = match.group(1), match.group(2).lower()
+        body: list[str] = []
+        i += 1
+        while i < len(lines):
+            stripped = lines[i].strip()
+            if stripped.startswith(fence) and not stripped.strip(fence[0]):
+                break
+            body.append(lines[i])
+            i += 1
+        blocks.append((lang, "".join(body)))
+        i += 1
+    candidates = [b for lang, b in blocks if lang in _PYTHON_TAGS] or [b for lang, b in blocks if not lang]
+    if candidates:
+        defining = [b for b in candidates if _DEFINES.search(b)]
+        return (defining or candidates)[-1]
+    if _parse(text) is None:
+        start = _CODE_START.search(text)
+        if start and start.start() > 0 and _parse(text[start.start() :]) is not None:
+            return text[start.start() :]
+    return text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Steps
+
+STEP_KINDS = ("function", "method", "class", "module", "block", "line")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a program: ``code[start:end] == text``. ``kind`` is function|method|class|module (ast split),
+    block (the code did not parse: blank-line blocks) or line (``split_lines``); ``name`` is the function name,
+    ``Class.method`` for methods, the class name for a class without methods, else None."""
+
+    text: str
+    name: str | None
+    kind: str
+    start: int
+    end: int
+
+
+_NEWLINE = re.compile(r"\r\n|\r|\n")  # the line ends Python's own tokenizer counts (ast line numbers)
+_WS = " \t\x0c"
+
+
+class _Lines:
+    """Physical lines of ``code`` with char offsets, numbered 1..n like ``ast`` line numbers."""
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+        starts = [0] + [m.end() for m in _NEWLINE.finditer(code)]
+        if starts[-1] == len(code) and len(starts) > 1:
+            starts.pop()
+        self.starts = starts
+        self.n = len(starts)
+        bounds = starts[1:] + [len(code)]
+        self.texts = [code[a:b].rstrip("\r\n") for a, b in zip(starts, bounds)]
+
+    def start(self, lineno: int) -> int:
+        """Offset of the first char of line ``lineno`` (``len(code)`` past the last line)."""
+        return self.starts[lineno - 1] if lineno <= self.n else len(self.code)
+
+    def text(self, lineno: int) -> str:
+        """Line ``lineno`` without its terminator."""
+        return self.texts[lineno - 1]
+
+    def blank(self, lineno: int) -> bool:
+        return not self.texts[lineno - 1].strip(_WS)
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(_WS))
+
+
+def _after(lines: _Lines, end_line: int, indent: int) -> int:
+    """First line after a unit ending on ``end_line``: the unit keeps the blank lines after it and the comment
+    lines indented deeper than its own header (they are still inside its body)."""
+    k = end_line + 1
+    while k <= lines.n:
+        text = lines.text(k)
+        stripped = text.strip(_WS)
+        if stripped and not (stripped.startswith("#") and _indent(text) > indent):
+            break
+        k += 1
+    return k
+
+
+def _units(tree: ast.Module, lines: _Lines) -> list[tuple[str, str, int, int]]:
+    """(kind, name, last line, header indent) of every step anchor, in source order."""
+    units = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            units.append(("function", node.name, node.end_lineno, _indent(lines.text(node.lineno))))
+        elif isinstance(node, ast.ClassDef):
+            class_indent = _indent(lines.text(node.lineno))
+            methods = [m for m in node.body if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef))]
+            if not methods:
+                units.append(("class", node.name, node.end_lineno, class_indent))
+            for i, m in enumerate(methods):
+                last = i == len(methods) - 1  # what follows the last method stays inside its class step
+                end, indent = (node.end_lineno, class_indent) if last else (m.end_lineno, _indent(lines.text(m.lineno)))
+                units.append(("method", f"{node.name}.{m.name}", end, indent))
+    return units
+
+
+def _steps_from_cuts(code: str, cuts: list[int], labels: list[tuple[str | None, str]]) -> list[Step]:
+    cuts = list(itertools.accumulate(cuts, max))  # monotone by construction; kept so steps can never overlap
+    steps = []
+    for (name, kind), start, end in zip(labels, cuts[:-1], cuts[1:]):
+        if end > start:
+            steps.append(Step(code[start:end], name, kind, start, end))
+    return steps
+
+
+def _blank_line_blocks(code: str, lines: _Lines) -> list[Step]:
+    cuts, seen_text = [0], False
+    for k in range(1, lines.n + 1):
+        blank = lines.blank(k)
+        if not blank and seen_text and lines.blank(k - 1):
+            cuts.append(lines.start(k))
+        seen_text = seen_text or not blank
+    cuts.append(len(code))
+    return _steps_from_cuts(code, cuts, [(None, "block")] * (len(cuts) - 1))
+
+
+def split_steps(code: str) -> list[Step]:
+    """Cut ``code`` into Chain-of-Function steps: one per top-level function and one per class method.
+
+    Rules (all cuts fall on line starts, so CRLF, tabs and multi-byte text are kept exactly):
+    decorators, comments and any statements above a function belong to it (leading imports join the first step);
+    a class header, docstring and attributes go with its first method, a class without methods is one step;
+    blank lines after a function stay with it; code after the last function joins the last step. Code with no
+    function or class is one ``module`` step. Code that does not parse falls back to blank-line-separated
+    ``block`` steps. Never raises; ``""`` gives ``[]``.
+    """
+    if not code:
+        return []
+    lines = _Lines(code)
+    tree = _parse(code)
+    if tree is None:
+        return _blank_line_blocks(code, lines)
+    units = _units(tree, lines)
+    if not units:
+        return [Step(code, None, "module", 0, len(code))]
+    cuts = [0] + [lines.start(_after(lines, end, indent)) for _, _, end, indent in units[:-1]] + [len(code)]
+    return _steps_from_cuts(code, cuts, [(name, kind) for kind, name, _, _ in units])
+
+
+def _logical_line_ends(lines: _Lines) -> list[int]:
+    """Physical line numbers on which a logical line ends (tokenize NEWLINE tokens)."""
+    feed = iter([text + "\n" for text in lines.texts])  # \r-only line ends tokenised as \n
+    ends = []
+    for tok in tokenize.generate_tokens(lambda: next(feed, "")):
+        if tok.type == tokenize.NEWLINE and (not ends or ends[-1] != tok.start[0]):
+            ends.append(tok.start[0])
+    return ends
+
+
+def split_lines(code: str) -> list[Step]:
+    """Line-as-step baseline: one step per non-blank logical line (a multi-line statement is one step).
+
+    Same contract as :func:`split_steps` (lossless, offsets, never raises). Comment lines join the next line,
+    blank lines stay with the line above; a compound statement header (``def f():``) is its own step. If the
+    code cannot be tokenised, each non-blank physical line is a ``block`` step.
+    """
+    if not code:
+        return []
+    lines = _Lines(code)
+    kind = "line"
+    try:
+        ends = _logical_line_ends(lines)
+    except (tokenize.TokenError, SyntaxError, ValueError):
+        ends, kind = [k for k in range(1, lines.n + 1) if not lines.blank(k)], "block"
+    if not ends:
+        return [Step(code, None, "module", 0, len(code))]
+    cuts = [0] + [lines.start(_after(lines, end, indent=1 << 30)) for end in ends[:-1]] + [len(code)]
+    return _steps_from_cuts(code, cuts, [(None, kind)] * len(ends))
+
+
+def split_program(code: str) -> list[Step]:
+    """Whole-program baseline (ORM): the program is a single ``module`` step; ``""`` gives ``[]``."""
+    return [Step(code, None, "module", 0, len(code))] if code else []
+
+
+def step_prefixes(code: str, splitter: Callable[[str], list[Step]] = split_steps) -> list[str]:
+    """The program cut after step 1, 2, ..., K (the last prefix is ``code`` itself): where rollouts restart."""
+    return [code[: step.end] for step in splitter(code)]
