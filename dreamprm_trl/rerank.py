@@ -1,0 +1,286 @@
+"""Best-of-N with a process reward model: score N candidate programs, return them best first.
+
+``rerank`` is the pure PRM ranking (what the paper reports). With ``public_tests`` it becomes the hybrid that
+practical systems use: candidates are first run on the public examples of the statement (HumanEval docstring
+examples, LiveCodeBench public cases); those that fail rank below every candidate that passes, and the PRM orders
+candidates within each group. ``rerank_file`` is the batch entry point behind ``dreamprm-code rerank``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Protocol, Sequence
+
+from .execution import SandboxedExecutor, TestSuite
+from .metrics import rerank_metrics
+
+__all__ = ["Ranked", "rerank", "rerank_many", "best_of_n", "ranking_values", "rerank_file"]
+
+
+class StepScorer(Protocol):
+    """Anything that scores ``(prompt, code)`` pairs step by step (e.g. `FunctionStepPRM`)."""
+
+    def score_batch(self, pairs: Sequence[tuple[str, str]], batch_size: int = 8, progress: bool = True) -> list: ...
+
+
+@dataclass
+class Ranked:
+    """One candidate after reranking. ``public_pass`` is None when public tests were not run."""
+
+    index: int
+    code: str
+    score: float
+    step_scores: list[float] = field(default_factory=list)
+    steps: list[str] = field(default_factory=list)
+    public_pass: bool | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _prompt_of(problem: Any) -> str:
+    if isinstance(problem, str):
+        return problem
+    prompt = getattr(problem, "prompt", None)
+    if prompt is None and isinstance(problem, Mapping):
+        prompt = problem.get("prompt")
+    if not isinstance(prompt, str):
+        raise TypeError(
+            f"Cannot read a prompt from {type(problem).__name__}; pass a Problem (with .prompt) or the prompt string."
+        )
+    return prompt
+
+
+def _public_suite(problem: Any, public_tests: Any) -> TestSuite | None:
+    if public_tests is None or public_tests is False:
+        return None
+    if isinstance(public_tests, TestSuite):
+        return public_tests
+    if public_tests is True:
+        suite = getattr(problem, "public_tests", None)
+        if suite is None and isinstance(problem, Mapping):
+            suite = problem.get("public_tests")
+        if isinstance(suite, Mapping):
+            suite = TestSuite.from_dict(suite)
+        if suite is not None and not isinstance(suite, TestSuite):
+            raise TypeError(f"problem.public_tests must be a TestSuite or None, got {type(suite).__name__}.")
+        return suite  # a problem without public examples is not filtered
+    raise TypeError(f"public_tests must be None, True or a TestSuite, got {type(public_tests).__name__}.")
+
+
+def _sort_key(r: Ranked) -> tuple:
+    score = -math.inf if math.isnan(r.score) else r.score
+    return (r.public_pass is False, -score, r.index)
+
+
+def ranking_values(ranked: Sequence[Ranked]) -> list[float]:
+    """Per candidate, in input order, a value whose order is the ranking's and whose ties are its ties.
+
+    Feed these to `metrics.rerank_metrics` to score a (possibly hybrid) ranking: ``-(dense rank)`` of the key
+    (public tests failed, PRM score), so equal PRM scores within a group stay tied.
+    """
+    keys = sorted({_sort_key(r)[:2] for r in ranked})
+    dense = {key: i for i, key in enumerate(keys)}
+    values = [0.0] * len(ranked)
+    for r in ranked:
+        values[r.index] = -float(dense[_sort_key(r)[:2]])
+    return values
+
+
+def rerank_many(
+    prm: StepScorer,
+    problems: Sequence[Any],
+    candidates: Sequence[Sequence[str]],
+    aggregation: str = "min",
+    public_tests: Any = None,
+    executor: SandboxedExecutor | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+    splitter: Any = None,
+) -> list[list[Ranked]]:
+    """`rerank` for many problems at once: one scoring pass over all candidates and one parallel test run.
+
+    ``public_tests`` is None (pure PRM), True (each problem's ``public_tests``, where it has any) or one
+    `TestSuite` (or None) per problem.
+    """
+    if len(problems) != len(candidates):
+        raise ValueError(f"{len(problems)} problems but {len(candidates)} candidate lists; pass one list per problem.")
+    if isinstance(public_tests, (list, tuple)):
+        if len(public_tests) != len(problems):
+            raise ValueError(f"{len(public_tests)} public test suites for {len(problems)} problems.")
+        suites = [_public_suite(p, t) for p, t in zip(problems, public_tests)]
+    else:
+        suites = [_public_suite(p, public_tests) for p in problems]
+    for i, group in enumerate(candidates):
+        if isinstance(group, str) or not all(isinstance(c, str) for c in group):
+            raise TypeError(f"candidates[{i}] must be a list of program source strings.")
+
+    pairs = [(_prompt_of(p), code) for p, group in zip(problems, candidates) for code in group]
+    kwargs = {"splitter": splitter} if splitter is not None else {}
+    scored = prm.score_batch(pairs, batch_size=batch_size, progress=progress, **kwargs) if pairs else []
+    if len(scored) != len(pairs):
+        raise RuntimeError(f"score_batch returned {len(scored)} results for {len(pairs)} candidates.")
+
+    jobs = [(code, suite) for suite, group in zip(suites, candidates) if suite is not None for code in group]
+    verdicts: list[bool] = []
+    if jobs:
+        executor = executor if executor is not None else SandboxedExecutor(progress=progress)
+        verdicts = [bool(r.passed) for r in executor.run_many(jobs)]
+
+    out, k, v = [], 0, 0
+    for suite, group in zip(suites, candidates):
+        ranked = []
+        for index, code in enumerate(group):
+            s = scored[k]
+            k += 1
+            public_pass = None
+            if suite is not None:
+                public_pass, v = verdicts[v], v + 1
+            ranked.append(
+                Ranked(index, code, float(s.aggregate(aggregation)), [float(x) for x in s.scores], list(s.steps),
+                       public_pass)
+            )
+        out.append(sorted(ranked, key=_sort_key))
+    return out
+
+
+def rerank(
+    prm: StepScorer,
+    problem: Any,
+    candidates: Sequence[str],
+    aggregation: str = "min",
+    public_tests: Any = None,
+    executor: SandboxedExecutor | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+    splitter: Any = None,
+) -> list[Ranked]:
+    """Rank ``candidates`` (full program sources) for ``problem`` best first.
+
+    Args:
+        prm: a step scorer such as `FunctionStepPRM` (``score_batch(pairs, batch_size, progress)``).
+        problem: a `Problem` (its ``prompt`` is shown to the PRM) or the prompt string.
+        candidates: full, runnable program sources.
+        aggregation: how step scores become one program score (``min | mean | last | prod | logodds``).
+        public_tests: None for the pure PRM ranking; True for ``problem.public_tests`` (a problem without
+            public examples is not filtered); or a `TestSuite`. Candidates failing the public tests rank below
+            all that pass.
+        executor: the `SandboxedExecutor` for public tests (default: a new one with default limits).
+        splitter: step splitter passed to the PRM (e.g. `steps.split_lines` for a line-as-step PRM).
+
+    Ties keep the input order (the sort is stable).
+    """
+    return rerank_many(
+        prm, [problem], [candidates], aggregation, public_tests, executor, batch_size, progress, splitter
+    )[0]
+
+
+def best_of_n(prm: StepScorer, problem: Any, candidates: Sequence[str], **kwargs: Any) -> Ranked:
+    """The top candidate of `rerank` (same arguments)."""
+    if not candidates:
+        raise ValueError("best_of_n needs at least one candidate.")
+    return rerank(prm, problem, candidates, **kwargs)[0]
+
+
+# ------------------------------------------------------------------------------------------------ file-level API
+def _candidate_rows(spec: Any, problems: Sequence[Any]) -> dict[str, list[dict]]:
+    """Per task, the candidate programs (``code``) with the other fields of their input rows, in file order.
+
+    Programs come from `labeling.load_candidates` (the one reader of candidate files); for the bundled HumanEval
+    candidates, ``passed`` is the shipped reference label and ``sample_idx`` the sample's position.
+    """
+    from pathlib import Path
+
+    from .labeling import _read_json_rows, load_candidates
+
+    codes = load_candidates(spec, problems)
+    if spec == "humaneval":
+        from .tasks import load_bundled_humaneval_reference_labels
+
+        labels = load_bundled_humaneval_reference_labels()
+        extras = {t: [{"sample_idx": i, "passed": p} for i, p in enumerate(labels[t])] for t in codes}
+    elif isinstance(spec, (str, os.PathLike)) and Path(spec).is_file():
+        extras = {}
+        for row in _read_json_rows(Path(spec)):
+            rest = {k: v for k, v in row.items() if k not in ("code", "completion")}
+            extras.setdefault(row["task_id"], []).append(rest)
+    else:
+        extras = {t: [{"task_id": t} for _ in cs] for t, cs in codes.items()}
+    out = {}
+    for task_id, programs in codes.items():
+        out[task_id] = [{"task_id": task_id, **extra, "code": code} for extra, code in zip(extras[task_id], programs)]
+    return out
+
+
+def rerank_file(
+    model: Any,
+    problems: Any,
+    candidates: Any,
+    out: str,
+    aggregation: str = "min",
+    public_tests: bool = False,
+    batch_size: int = 8,
+    executor: SandboxedExecutor | None = None,
+    progress: bool = True,
+    n_bootstrap: int = 1000,
+) -> dict:
+    """Rerank a candidates file and write one JSON line per candidate, best first within each task.
+
+    Args:
+        model: a PRM object, or a local directory / Hub id loaded with `FunctionStepPRM.from_pretrained`.
+        problems: a list of `Problem`, or a spec for `labeling.load_problems` (``"humaneval"``,
+            ``"classeval"``, a ``save_to_disk`` directory or a JSON/JSONL(.gz) file of ``Problem.to_row()`` rows).
+        candidates: a spec for `labeling.load_candidates`: ``"humaneval"`` / ``"classeval"`` (bundled) or a
+            JSONL(.gz) file of rows with ``task_id`` and ``code`` (full program) or ``completion`` (joined to the
+            problem's ``starter_code``). Other fields (e.g. ``passed``, ``sample_idx``) are copied to the output.
+        out: output JSON Lines: the input fields plus the full ``code``, ``rank``, ``candidate_index``, ``score``,
+            ``step_scores`` and ``public_pass``. Written to a temporary file and renamed, so a crash never leaves
+            a partial file.
+        public_tests: rank candidates failing their problem's ``public_tests`` last (hybrid ranking); problems
+            without public tests are ranked by the PRM alone.
+
+    Returns:
+        A summary: ``num_problems``, ``num_candidates``, ``out`` and, when every candidate has a ``passed``
+        label, ``metrics``: `rerank_metrics` of this ranking (reranked pass@1 vs random pick vs oracle).
+    """
+    if isinstance(model, (str, os.PathLike)):
+        from .modeling import FunctionStepPRM
+
+        model = FunctionStepPRM.from_pretrained(str(model))
+    if isinstance(problems, (str, os.PathLike)):
+        from .labeling import load_problems
+
+        problems = load_problems(str(problems))
+    by_id = {p.task_id: p for p in problems}
+    groups = _candidate_rows(candidates, list(problems))
+    unknown = [t for t in groups if t not in by_id]
+    if unknown:
+        raise ValueError(
+            f"{candidates}: task_id {unknown[0]!r} is not in the problems file "
+            f"({len(unknown)} unknown task ids); pass the matching --problems."
+        )
+    task_ids = list(groups)
+    codes = [[r["code"] for r in groups[t]] for t in task_ids]
+    ranked = rerank_many(
+        model, [by_id[t] for t in task_ids], codes, aggregation, True if public_tests else None, executor,
+        batch_size, progress,
+    )
+    tmp = f"{out}.tmp"
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(tmp, "w", encoding="utf-8") as f:
+        for t, rows, group in zip(task_ids, (groups[t] for t in task_ids), ranked):
+            for rank, r in enumerate(group):
+                row = dict(rows[r.index])
+                row.update(rank=rank, candidate_index=r.index, score=r.score, step_scores=r.step_scores,
+                           public_pass=r.public_pass)
+                f.write(json.dumps(row) + "\n")
+    os.replace(tmp, out)
+    summary: dict = {"num_problems": len(task_ids), "num_candidates": sum(len(c) for c in codes), "out": str(out)}
+    if all("passed" in r for t in task_ids for r in groups[t]):
+        scores = [ranking_values(group) for group in ranked]
+        passed = [[bool(r["passed"]) for r in groups[t]] for t in task_ids]
+        summary["metrics"] = rerank_metrics(scores, passed, n_bootstrap=n_bootstrap)
+    return summary
