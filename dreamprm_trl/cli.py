@@ -1,0 +1,151 @@
+"""``dreamprm-code`` command line. It parses arguments and calls library functions; it holds no logic.
+
+Each command is one ``add_<name>_command(subparsers)`` function that registers its parser and sets
+``func``; add a command by writing one and listing it in :data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+
+def _add_labeling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--problems", required=True,
+                   help="'humaneval', 'classeval' (bundled), a save_to_disk directory or a JSON/JSONL file of "
+                        "Problem.to_row() rows.")
+    p.add_argument("--candidates", required=True,
+                   help="'humaneval' / 'classeval' (bundled candidates) or a JSONL(.gz) file of "
+                        "{task_id, code} or {task_id, completion} rows.")
+    p.add_argument("--output_dir", required=True,
+                   help="Dataset directory (save_to_disk); OUTPUT_DIR.jsonl and OUTPUT_DIR.stats.json go beside it.")
+    p.add_argument("--shard", default="0/1", help="Label only shard i of n ('i/n'); deterministic by content.")
+    p.add_argument("--cache_dir", default=None, help="Resumable on-disk cache; rerun the same command to resume.")
+    p.add_argument("--timeout", type=float, default=6.0, help="Seconds per program.")
+    p.add_argument("--memory_mb", type=int, default=1024, help="Memory limit per program (MiB).")
+    p.add_argument("--workers", type=int, default=None, help="Parallel programs (default: CPU count).")
+    p.add_argument("--allow_code_execution", action="store_true",
+                   help="Run the (untrusted) programs in the sandbox; same as setting HF_ALLOW_CODE_EVAL=1.")
+    p.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="Also push the dataset to this Hub repo.")
+    p.add_argument("--no_progress", action="store_true", help="Hide progress bars.")
+
+
+def _executor(args: argparse.Namespace):
+    from .execution import SandboxedExecutor
+
+    return SandboxedExecutor(timeout=args.timeout, memory_mb=args.memory_mb, workers=args.workers, progress=False,
+                             allow_code_execution=args.allow_code_execution)
+
+
+def _label_final(args: argparse.Namespace) -> int:
+    from .labeling import label_final, load_candidates, load_problems, save_labels
+
+    problems = load_problems(args.problems)
+    candidates = load_candidates(args.candidates, problems)
+    ds, stats = label_final(problems, candidates, executor=_executor(args), cache_dir=args.cache_dir,
+                            shard=args.shard, progress=not args.no_progress, return_stats=True)
+    out = save_labels(ds, args.output_dir, stats, args.push_to_hub)
+    print(f"{stats.summary()}\nwrote {out}")
+    return 0
+
+
+def _label_steps(args: argparse.Namespace) -> int:
+    from .generation import make_generator
+    from .labeling import label_steps, load_candidates, load_problems, save_labels
+
+    problems = load_problems(args.problems)
+    candidates = load_candidates(args.candidates, problems)
+    pool = load_candidates(args.pool, problems) if args.pool else candidates
+    generator = make_generator(
+        args.generator, pool=pool, seed=args.seed, model=args.model, base_url=args.base_url,
+        api_key_env=args.api_key_env, mode=args.mode, max_concurrency=args.max_concurrency,
+        batch_size=args.batch_size,
+    )
+    ds, stats = label_steps(problems, candidates, generator, rollouts=args.rollouts, temperature=args.temperature,
+                            executor=_executor(args), cache_dir=args.cache_dir, shard=args.shard,
+                            max_new_tokens=args.max_new_tokens, source=args.source,
+                            progress=not args.no_progress, return_stats=True)
+    out = save_labels(ds, args.output_dir, stats, args.push_to_hub)
+    print(f"{stats.summary()}\nwrote {out}")
+    return 0
+
+
+def add_label_command(subparsers: argparse._SubParsersAction) -> None:
+    label = subparsers.add_parser("label", help="Label candidate programs: clean verdicts or Monte-Carlo steps.")
+    kinds = label.add_subparsers(dest="label_kind", required=True)
+
+    final = kinds.add_parser("final", help="Whole-program pass/fail labels (the clean meta set).")
+    _add_labeling_args(final)
+    final.set_defaults(func=_label_final)
+
+    steps = kinds.add_parser("steps", help="Monte-Carlo step labels from rollouts of every prefix.")
+    _add_labeling_args(steps)
+    steps.add_argument("--generator", choices=("pool", "openai", "transformers"), default="pool",
+                       help="Policy that completes prefixes.")
+    steps.add_argument("--pool", default=None, help="Pool generator: donor programs (default: --candidates).")
+    steps.add_argument("--seed", type=int, default=None, help="Pool / transformers sampling seed.")
+    steps.add_argument("--model", default=None, help="Served model name (openai) or local model path (transformers).")
+    steps.add_argument("--base_url", default=None, help="OpenAI-compatible API root (default $OPENAI_BASE_URL).")
+    steps.add_argument("--api_key_env", default=None, help="Environment variable holding the API key.")
+    steps.add_argument("--mode", choices=("completions", "chat"), default=None, help="OpenAI endpoint.")
+    steps.add_argument("--max_concurrency", type=int, default=None, help="OpenAI requests in flight.")
+    steps.add_argument("--batch_size", type=int, default=None, help="Transformers prompts per generate call.")
+    steps.add_argument("--rollouts", type=int, default=16, help="Completions per prefix (M).")
+    steps.add_argument("--temperature", type=float, default=0.3, help="Sampling temperature.")
+    steps.add_argument("--max_new_tokens", type=int, default=512, help="Tokens per completion.")
+    steps.add_argument("--source", default="", help="Value of the 'source' column (default: the problem's).")
+    steps.set_defaults(func=_label_steps)
+
+
+def _rerank(args: argparse.Namespace) -> int:
+    import json
+
+    from .rerank import rerank_file
+
+    summary = rerank_file(args.model, args.problems, args.candidates, args.out, aggregation=args.aggregation,
+                          public_tests=args.public_tests, batch_size=args.batch_size, executor=_executor(args),
+                          progress=not args.no_progress)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def add_rerank_command(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("rerank", help="Rank candidate programs per problem with a PRM (best-of-N).")
+    p.add_argument("--model", required=True, help="PRM directory (save_pretrained) or Hub repo id.")
+    p.add_argument("--problems", required=True,
+                   help="'humaneval', 'classeval', a save_to_disk directory or a JSON/JSONL file of Problem rows.")
+    p.add_argument("--candidates", required=True,
+                   help="'humaneval' / 'classeval' (bundled) or a JSONL(.gz) file of {task_id, code|completion, "
+                        "...} rows; with 'passed' on every row the summary reports reranked vs random vs oracle.")
+    p.add_argument("--out", required=True, help="Output JSONL: input rows plus rank, score, step_scores.")
+    p.add_argument("--aggregation", default="min",
+                   help="How step scores become one program score: min, mean, last, prod or logodds.")
+    p.add_argument("--public_tests", action="store_true",
+                   help="Hybrid: candidates failing the problem's public tests rank last.")
+    p.add_argument("--batch_size", type=int, default=8, help="Candidates per forward pass.")
+    p.add_argument("--timeout", type=float, default=6.0, help="Seconds per program (public tests).")
+    p.add_argument("--memory_mb", type=int, default=1024, help="Memory limit per program (MiB).")
+    p.add_argument("--workers", type=int, default=None, help="Parallel programs (default: CPU count).")
+    p.add_argument("--no_progress", action="store_true", help="Hide progress bars.")
+    p.set_defaults(func=_rerank)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_label_command, add_rerank_command]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dreamprm-code", description="DreamPRM-Code: process reward models for code.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
