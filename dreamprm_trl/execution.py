@@ -1,0 +1,758 @@
+"""Sandboxed unit-test executor: every label in the project is a verdict of this module.
+
+Each program runs in its own child process (``python -I``) under resource limits and, when ``bwrap`` is on PATH,
+inside a bubblewrap sandbox (no network, read-only root, private ``/tmp`` and PID namespace). Expected outputs of
+stdio and call-based tests never enter the sandbox; the parent compares. Needs only the standard library (and tqdm).
+The README section "Running model-written code" lists what a user may rely on; the limits live in the
+``DEFAULT_*`` constants below (one source of truth for ``execute``, ``execute_many`` and ``SandboxedExecutor``).
+"""
+
+from __future__ import annotations
+
+import json
+import marshal
+import os
+import secrets
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from tqdm.auto import tqdm
+
+__all__ = [
+    "TestSuite",
+    "ExecutionResult",
+    "SandboxedExecutor",
+    "execute",
+    "execute_many",
+    "isolation",
+    "stdio_equal",
+    "call_equal",
+    "STATUSES",
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_MEMORY_MB",
+    "DEFAULT_MAX_OUTPUT_BYTES",
+    "DEFAULT_MAX_PROCESSES",
+]
+
+SUITE_KINDS = ("stdio", "call", "check", "asserts", "unittest")
+STATUSES = (
+    "passed",
+    "failed",
+    "timeout",
+    "memory_exceeded",
+    "runtime_error",
+    "syntax_error",
+    "output_limit",
+    "skipped",
+)
+
+
+@dataclass(frozen=True)
+class TestSuite:
+    """The unit tests of one problem, in one of five styles.
+
+    ``stdio`` (LiveCodeBench stdin/stdout), ``call`` (LiveCodeBench functional: one JSON value per input line,
+    ``class Solution`` method or plain function), ``check`` (HumanEval ``check(candidate)``), ``asserts`` (MBPP),
+    ``unittest`` (ClassEval ``TestCase`` classes). Build with the constructors, not the raw fields.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    kind: str
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    fn_name: str | None = None
+    code: str = ""
+    entry_point: str | None = None
+    assertions: tuple[str, ...] = ()
+    setup: str = ""
+    test_classes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in SUITE_KINDS:
+            raise ValueError(f"TestSuite kind {self.kind!r} is not one of {SUITE_KINDS}")
+        if self.kind in ("stdio", "call") and len(self.inputs) != len(self.outputs):
+            raise ValueError(
+                f"TestSuite.{self.kind}: {len(self.inputs)} inputs but {len(self.outputs)} outputs; "
+                "pass one expected output per input"
+            )
+        if self.kind == "call" and not self.fn_name:
+            raise ValueError("TestSuite.call needs fn_name (the function or Solution method to call)")
+        if self.kind == "check" and not (self.code and self.entry_point):
+            raise ValueError("TestSuite.check needs both the check code and the entry_point name")
+        if self.kind == "unittest" and not self.test_classes:
+            raise ValueError("TestSuite.unittest needs test_classes: the TestCase class names to run")
+
+    # -- constructors -------------------------------------------------------------------------------------------
+    @classmethod
+    def stdio(cls, inputs: Sequence[str], outputs: Sequence[str]) -> "TestSuite":
+        """Stdin/stdout tests: the program reads ``inputs[i]`` and must print ``outputs[i]``."""
+        return cls("stdio", inputs=tuple(map(str, inputs)), outputs=tuple(map(str, outputs)))
+
+    @classmethod
+    def call(cls, fn_name: str, inputs: Sequence[str], outputs: Sequence[str]) -> "TestSuite":
+        """Call-based tests: each input holds one JSON argument per line; output is a JSON value."""
+        return cls("call", inputs=tuple(map(str, inputs)), outputs=tuple(map(str, outputs)), fn_name=fn_name)
+
+    @classmethod
+    def check(cls, check: str, entry_point: str) -> "TestSuite":
+        """HumanEval style: ``check`` defines ``check(candidate)``, called with the program's ``entry_point``."""
+        return cls("check", code=check, entry_point=entry_point)
+
+    @classmethod
+    def asserts(cls, asserts: Sequence[str], setup: str = "") -> "TestSuite":
+        """MBPP style: each string is one test (usually one ``assert`` line), run after ``setup``."""
+        if isinstance(asserts, str):
+            asserts = [line for line in asserts.splitlines() if line.strip()]
+        return cls("asserts", assertions=tuple(asserts), setup=setup)
+
+    @classmethod
+    def unittest(cls, test_code: str, test_classes: Sequence[str], setup: str = "") -> "TestSuite":
+        """ClassEval style: ``test_code`` defines ``unittest.TestCase`` classes; one verdict per class."""
+        if isinstance(test_classes, str):
+            test_classes = [test_classes]
+        return cls("unittest", code=test_code, test_classes=tuple(test_classes), setup=setup)
+
+    @classmethod
+    def from_problem(cls, problem: Any) -> "TestSuite":
+        """The suite of a ``Problem`` (duck-typed on ``problem.tests``; a dict with ``"kind"`` also works)."""
+        tests = getattr(problem, "tests", None)
+        if tests is None and isinstance(problem, dict):
+            tests = problem.get("tests")
+        if isinstance(tests, TestSuite):
+            return tests
+        if isinstance(tests, dict):
+            return cls.from_dict(tests)
+        raise ValueError(
+            f"cannot build a TestSuite from {type(problem).__name__}: its .tests is {type(tests).__name__}, "
+            "expected a TestSuite (build one with TestSuite.stdio/call/check/asserts/unittest)"
+        )
+
+    # -- serialisation ------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """JSON-safe dict (lists, not tuples); inverse of :meth:`from_dict`."""
+        d = asdict(self)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TestSuite":
+        d = dict(d)
+        if "asserts" in d:
+            d["assertions"] = d.pop("asserts")
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"TestSuite.from_dict: unknown keys {sorted(unknown)}; expected a subset of {sorted(known)}")
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def __len__(self) -> int:
+        if self.kind in ("stdio", "call"):
+            return len(self.inputs)
+        if self.kind == "asserts":
+            return len(self.assertions)
+        if self.kind == "unittest":
+            return len(self.test_classes)
+        return 1
+
+
+@dataclass
+class ExecutionResult:
+    """Verdict of one program on one suite.
+
+    ``status`` is one of :data:`STATUSES`; ``passed`` is True only when every test passed. ``per_test`` has one
+    bool per test case (per ``TestCase`` class for unittest suites). ``reason`` explains non-passing verdicts.
+    """
+
+    passed: bool
+    status: str
+    per_test: list[bool] = field(default_factory=list)
+    passed_tests: int = 0
+    total_tests: int = 0
+    wall_time: float = 0.0
+    stderr_tail: str = ""
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sandbox limits: the one source of truth (SandboxedExecutor, execute, execute_many and config() read these).
+DEFAULT_TIMEOUT = 6.0  # wall-clock seconds per test case (module loading counts toward the first test)
+DEFAULT_MEMORY_MB = 1024  # address space of the process running the candidate
+DEFAULT_MAX_OUTPUT_BYTES = 8 * 1024 * 1024  # stdout of all tests together, and each file the program writes
+STDERR_TAIL_CHARS = 2000
+DEFAULT_MAX_PROCESSES = 32  # processes per program (RLIMIT_NPROC on its own uid; see _sandbox_uid)
+STARTUP_GRACE_S = 5.0  # the parent's backstop on top of the supervisor's own deadlines
+SANDBOX_ENV = "DREAMPRM_SANDBOX"  # "rlimits" forces rlimits-only isolation, "bwrap" requires bubblewrap
+OPT_IN_ENV = "HF_ALLOW_CODE_EVAL"
+HARNESS_VERSION = "1"
+_ENV_ALLOWLIST = ("LANG", "LC_ALL", "LC_CTYPE", "TZ")
+_MARKER = "DREAMPRM_SANDBOX_ID"
+_INSIDE_WORK = "/tmp/work"  # the work dir's path inside bubblewrap
+_UID_BASE, _UID_SPAN = 1_500_000_000, 500_000_000  # throw-away uids for programs (root under bwrap only)
+_HARNESS = str(Path(__file__).with_name("_sandbox_harness.py"))
+_OPT_IN_ERROR = (
+    "Refusing to execute model-written code: pass allow_code_execution=True (or set the environment variable "
+    "HF_ALLOW_CODE_EVAL=1) to confirm that you accept the risk. The code runs in a sandbox (see "
+    "dreamprm_trl.execution.isolation()), but untrusted code can never be made entirely safe."
+)
+
+_bwrap_lock = threading.Lock()
+_bwrap_state: dict[str, Any] = {}
+_warned = False
+
+
+def _check_opt_in(allow_code_execution: bool) -> None:
+    if not (allow_code_execution or os.environ.get(OPT_IN_ENV, "") == "1"):
+        raise PermissionError(_OPT_IN_ERROR)
+
+
+def _bwrap_works() -> str | None:
+    """Path of a working ``bwrap`` (tried once per process), else None."""
+    with _bwrap_lock:
+        if "path" not in _bwrap_state:
+            path = shutil.which("bwrap")
+            if path:
+                try:
+                    probe = subprocess.run(
+                        [path, *_BWRAP_BASE, "--", "/bin/true"], capture_output=True, timeout=20, check=False
+                    )
+                    if probe.returncode != 0:
+                        path = None
+                except (OSError, subprocess.SubprocessError):
+                    path = None
+            _bwrap_state["path"] = path
+        return _bwrap_state["path"]
+
+
+_BWRAP_BASE = (
+    "--ro-bind", "/", "/",
+    "--dev", "/dev",
+    "--proc", "/proc",
+    "--perms", "1777", "--tmpfs", "/tmp",
+    "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+    "--hostname", "sandbox",
+    "--die-with-parent", "--new-session",
+)  # fmt: skip
+
+
+def isolation(sandbox: str | None = None) -> str:
+    """The isolation level programs run under: ``"bwrap"`` or ``"rlimits"``.
+
+    ``sandbox`` (or the ``DREAMPRM_SANDBOX`` environment variable) may force ``"rlimits"``, or demand ``"bwrap"``
+    (an error when it is unavailable); the default ``"auto"`` uses bubblewrap when it is on PATH and works.
+    """
+    global _warned
+    choice = (sandbox or os.environ.get(SANDBOX_ENV) or "auto").lower()
+    if choice not in ("auto", "bwrap", "rlimits"):
+        raise ValueError(f"sandbox={choice!r}: expected 'auto', 'bwrap' or 'rlimits' (also via ${SANDBOX_ENV})")
+    if choice == "rlimits":
+        return "rlimits"
+    if _bwrap_works():
+        return "bwrap"
+    if choice == "bwrap":
+        raise RuntimeError(
+            "sandbox='bwrap' but bubblewrap is not on PATH or cannot create namespaces here; install the Debian "
+            "package `bubblewrap` (apt-get install bubblewrap) or use sandbox='rlimits'"
+        )
+    if not _warned:
+        _warned = True
+        warnings.warn(
+            "bubblewrap (bwrap) is not available: programs run with resource limits only (no network, filesystem "
+            "or PID isolation). Install the Debian package `bubblewrap` for the full sandbox.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return "rlimits"
+
+
+_site_cache: dict[tuple, list[str]] = {}
+
+
+def _site_paths() -> list[str]:
+    """The caller's import path (site-packages included) for ``python -I -S``; the current directory left out."""
+    key = (tuple(sys.path), os.getcwd())
+    if key not in _site_cache:
+        cwd = os.path.realpath(os.getcwd())
+        _site_cache.clear()
+        _site_cache[key] = [p for p in sys.path if p and os.path.isdir(p) and os.path.realpath(p) != cwd]
+    return _site_cache[key]
+
+
+def _sandbox_env(work: str, marker: str) -> dict[str, str]:
+    env = {k: os.environ[k] for k in _ENV_ALLOWLIST if k in os.environ}
+    env.update(
+        PATH="/usr/local/bin:/usr/bin:/bin",
+        HOME=work,
+        TMPDIR=work,
+        PYTHONIOENCODING="utf-8",
+        PYTHONHASHSEED="0",
+        PYTHONDONTWRITEBYTECODE="1",
+        LANG=env.get("LANG", "C.UTF-8"),
+        OMP_NUM_THREADS="1",  # BLAS thread pools reserve address space per core and would trip RLIMIT_AS
+        OPENBLAS_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+    )
+    env[_MARKER] = marker
+    return env
+
+
+def _sandbox_uid(level: str) -> int | None:
+    """A fresh unprivileged uid for the program when we run as root under bubblewrap (root is exempt from
+    RLIMIT_NPROC, so only a uid of its own bounds a fork bomb); None otherwise."""
+    if level == "bwrap" and os.geteuid() == 0:
+        return _UID_BASE + secrets.randbelow(_UID_SPAN)
+    return None
+
+
+def _bwrap_command(bwrap: str, work: str, uid: int | None = None) -> list[str]:
+    """bubblewrap: read-only root, private /tmp, writable work dir only, no network, own PID namespace.
+
+    The user's home directory is hidden (credentials live there) except the Python installation, if it is there.
+    """
+    cmd = [bwrap, *_BWRAP_BASE]
+    if uid is not None:  # the supervisor keeps only these: to drop the runner to `uid`, then kill it
+        cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_KILL"]
+    home = os.path.realpath(os.path.expanduser("~"))
+    if home not in ("/", "") and os.path.isdir(home):
+        cmd += ["--tmpfs", home]
+        keep = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.executable, *_site_paths())}
+        keep.add(os.path.dirname(os.path.realpath(_HARNESS)))
+        made: set[str] = set()
+        for path in sorted(keep):
+            if path.startswith(home + os.sep) and os.path.exists(path):
+                parts = Path(path).relative_to(home).parts
+                for k in range(1, len(parts)):  # traversable parents (bwrap would make them 0700)
+                    parent = os.path.join(home, *parts[:k])
+                    if parent not in made:
+                        made.add(parent)
+                        cmd += ["--perms", "0755", "--dir", parent]
+                cmd += ["--ro-bind", path, path]
+    cmd += ["--bind", work, _INSIDE_WORK, "--chdir", _INSIDE_WORK, "--"]
+    return cmd
+
+
+def _scratch_root() -> str | None:
+    """Work dirs go to ``/dev/shm`` (tmpfs: creating and removing them is ~10x faster) unless TMPDIR is set."""
+    if not os.environ.get("TMPDIR") and os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK | os.X_OK):
+        return "/dev/shm"
+    return None
+
+
+def _proc_table() -> dict[int, int]:
+    """pid -> ppid of every live (non-zombie) process."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+                if fields[0] != b"Z":
+                    table[int(name)] = int(fields[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    return table
+
+
+def _marked(marker: str, pids) -> set[int]:
+    needle = f"{_MARKER}={marker}".encode()
+    found = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle in f.read():
+                    found.add(pid)
+        except OSError:
+            pass
+    return found
+
+
+def _kill_tree(root: int | None, marker: str, rounds: int = 50) -> int:
+    """SIGKILL ``root``, its descendants and every process carrying ``marker`` in its environment.
+
+    Processes are stopped first so that none can fork while the tree is collected. Returns how many were killed.
+    """
+    killed: set[int] = set()
+    for _ in range(rounds):
+        table = _proc_table()
+        targets = _marked(marker, table) | ({root} if root in table else set())
+        children: dict[int, list[int]] = {}
+        for pid, ppid in table.items():
+            children.setdefault(ppid, []).append(pid)
+        stack = list(targets)
+        while stack:
+            for child in children.get(stack.pop(), ()):
+                if child not in targets:
+                    targets.add(child)
+                    stack.append(child)
+        targets.discard(os.getpid())
+        if not targets:
+            break
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in targets:
+                try:
+                    os.kill(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        killed |= targets
+        time.sleep(0.002)
+    return len(killed)
+
+
+def _wait_exit(proc: subprocess.Popen, seconds: float) -> None:
+    """Block until ``proc`` exits or ``seconds`` pass, without Popen.wait's sleep-polling."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        try:
+            proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            pass
+        return
+    try:
+        select.select([pidfd], [], [], seconds)
+    finally:
+        os.close(pidfd)
+
+
+def _tail(path: str, chars: int = STDERR_TAIL_CHARS) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 4 * chars))
+            return f.read().decode("utf-8", "replace")[-chars:]
+    except OSError:
+        return ""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Comparison rules (parent side: expected outputs never enter the sandbox).
+def _stripped_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.strip().split("\n")]
+
+
+def stdio_equal(output: str, expected: str) -> bool:
+    """LiveCodeBench rule: same number of stripped lines; each line equal, or equal as a list of decimals."""
+    got, want = _stripped_lines(output), _stripped_lines(expected)
+    if len(got) != len(want):
+        return False
+    for a, b in zip(got, want):
+        if a == b:
+            continue
+        ta, tb = a.split(), b.split()
+        if len(ta) != len(tb):
+            return False
+        try:
+            if [Decimal(x) for x in ta] != [Decimal(x) for x in tb]:
+                return False
+        except (InvalidOperation, ValueError):
+            return False
+    return True
+
+
+def call_equal(output_json: str, expected: str) -> bool:
+    """LiveCodeBench call-based rule: the JSON value returned equals the expected JSON value (tuples as lists)."""
+    try:
+        got = json.loads(output_json)
+        want = json.loads(expected)
+    except ValueError:
+        return False
+    return got == want
+
+
+def _clip(text: str, n: int = 200) -> str:
+    return repr(text if len(text) <= n else text[:n] + "...")
+
+
+_STATUS_OF = {
+    "timeout": "timeout",
+    "memory": "memory_exceeded",
+    "output_limit": "output_limit",
+    "syntax": "syntax_error",
+    "error": "runtime_error",
+    "fail": "failed",
+    "skipped": "skipped",
+}
+_PRIORITY = ("skipped", "syntax_error", "timeout", "memory_exceeded", "output_limit", "runtime_error", "failed")
+
+
+def _verdict(suite: TestSuite, records: list[dict], done: bool, sizes_over: bool, wall: float, stderr: str) -> ExecutionResult:
+    n = len(suite)
+    per_test = [False] * n
+    statuses: list[str] = []
+    reason = ""
+    for rec in records:
+        i = rec.get("i")
+        if not isinstance(i, int) or not 0 <= i < n:
+            continue
+        r = rec.get("r")
+        ok = r == "ok"
+        if ok and suite.kind == "stdio":
+            ok = stdio_equal(rec.get("out", ""), suite.outputs[i])
+            if not ok:
+                r = "fail"
+                reason = reason or f"test {i}: wrong output {_clip(rec.get('out', ''))}, expected {_clip(suite.outputs[i])}"
+        elif ok and suite.kind == "call":
+            ok = call_equal(rec.get("out", ""), suite.outputs[i])
+            if not ok:
+                r = "fail"
+                reason = reason or f"test {i}: returned {_clip(rec.get('out', ''))}, expected {_clip(suite.outputs[i])}"
+        per_test[i] = ok
+        if not ok:
+            statuses.append(_STATUS_OF.get(str(r), "runtime_error"))
+            if rec.get("detail") and not reason:
+                reason = f"test {i}: {rec['detail']}"
+    if not done:
+        statuses.append("runtime_error")
+        reason = reason or "the sandbox ended without a verdict (killed, or its supervisor was attacked)"
+    if sizes_over:
+        statuses.append("output_limit")
+        reason = reason or "stdout/stderr exceeded the output cap"
+    if not statuses and not all(per_test):
+        statuses.append("failed")
+        reason = reason or "not every test ran"
+    status = next((s for s in _PRIORITY if s in statuses), "passed")
+    if status == "skipped":
+        per_test = [False] * n
+    if status == "timeout" and not reason:
+        reason = "wall-clock or CPU time limit exceeded"
+    passed = status == "passed"
+    return ExecutionResult(
+        passed=passed,
+        status=status,
+        per_test=per_test,
+        passed_tests=sum(per_test),
+        total_tests=n,
+        wall_time=round(wall, 4),
+        stderr_tail=stderr,
+        reason="" if passed else reason,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _run_one(code: str, suite: TestSuite, timeout: float, memory_mb: int, max_output_bytes: int, level: str) -> ExecutionResult:
+    start = time.monotonic()
+    if not isinstance(code, str):
+        raise TypeError(f"code must be a str of Python source, got {type(code).__name__}")
+    if not isinstance(suite, TestSuite):
+        raise TypeError(f"suite must be a TestSuite, got {type(suite).__name__}; build one with TestSuite.stdio/...")
+    n = len(suite)
+    if n == 0:
+        return ExecutionResult(False, "skipped", [], 0, 0, 0.0, "", "the suite has no test cases")
+    base = tempfile.mkdtemp(prefix="dreamprm-exec-", dir=_scratch_root())
+    work = os.path.join(base, "work")
+    os.mkdir(work)
+    inside = _INSIDE_WORK if level == "bwrap" else work
+    uid = _sandbox_uid(level)
+    if uid is not None:
+        os.chown(work, uid, uid)
+    marker = secrets.token_hex(16)
+    nonce = secrets.token_hex(16)
+    inner = suite.to_dict()
+    inner.pop("outputs")  # expected outputs stay in the parent
+    payload = {
+        "code": code,
+        "suite": inner,
+        "n_tests": n,
+        "timeout": float(timeout),
+        "memory_mb": int(memory_mb),
+        "max_output_bytes": int(max_output_bytes),
+        "sys_path": _site_paths(),
+        "pidns": level == "bwrap",
+        "uid": uid,
+        "max_procs": DEFAULT_MAX_PROCESSES,
+    }
+    out_path, err_path, report_path = (os.path.join(base, name) for name in ("stdout", "stderr", "report"))
+    nonce_r, nonce_w = os.pipe()
+    proc = None
+    done = clean = False
+    records: list[dict] = []
+    try:
+        with open(os.path.join(base, "payload"), "w+b") as payload_f:
+            marshal.dump(payload, payload_f)
+            payload_f.seek(0)
+            os.write(nonce_w, nonce.encode())
+            os.close(nonce_w)
+            nonce_w = -1
+            with open(out_path, "wb") as out_f, open(err_path, "wb") as err_f, open(report_path, "wb") as rep_f:
+                argv = [sys.executable, "-I", "-S", _HARNESS, str(rep_f.fileno()), str(nonce_r)]
+                if level == "bwrap":
+                    argv = _bwrap_command(_bwrap_works() or "bwrap", work, uid) + argv
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=payload_f,
+                    stdout=out_f,
+                    stderr=err_f,
+                    pass_fds=(rep_f.fileno(), nonce_r),
+                    cwd=work,
+                    env=_sandbox_env(inside, marker),
+                    start_new_session=True,
+                    close_fds=True,
+                )
+                os.close(nonce_r)
+                nonce_r = -1
+                _wait_exit(proc, timeout * n + STARTUP_GRACE_S)
+        running = proc.poll() is None
+        with open(report_path, "rb") as f:
+            for line in f.read(64 * 1024 * 1024 + max_output_bytes * 2).splitlines():
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict) and rec.pop("nonce", None) == nonce:
+                    if rec.get("done"):
+                        done, clean = True, rec.get("clean") is True
+                    else:
+                        records.append(rec)
+        if running or not clean:
+            # A complete report means the supervisor killed every descendant before writing it (and under bwrap
+            # the PID namespace is gone with it); otherwise hunt the tree and the environment marker down.
+            _kill_tree(proc.pid if running else None, marker)
+        proc.wait()
+        sizes_over = any(os.path.getsize(p) >= max_output_bytes for p in (out_path, err_path))
+        stderr = _tail(err_path)
+    finally:
+        for fd in (nonce_r, nonce_w):
+            if fd >= 0:
+                os.close(fd)
+        if proc is not None and proc.poll() is None:
+            _kill_tree(proc.pid, marker)
+            proc.wait()
+        _rmtree(base)
+    return _verdict(suite, records, done, sizes_over, time.monotonic() - start, stderr)
+
+
+def _rmtree(path: str) -> None:
+    def fix(func, p, _exc):
+        try:
+            os.chmod(os.path.dirname(p), 0o700)
+            os.chmod(p, 0o700)
+            func(p)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=fix)
+
+
+class SandboxedExecutor:
+    """Runs candidate programs against a :class:`TestSuite` in the sandbox; holds the options in one place.
+
+    Args:
+        timeout: wall-clock seconds per test case (CPU time is capped alike).
+        memory_mb: address-space limit of the process running the program.
+        workers: parallel programs in :meth:`run_many` (default: all cores).
+        allow_code_execution: opt in to running model-written code (or set ``HF_ALLOW_CODE_EVAL=1``).
+        progress: show a tqdm bar in :meth:`run_many`.
+        max_output_bytes: cap on stdout (all tests) and on each file the program writes.
+        sandbox: ``"auto"`` (bwrap when available), ``"bwrap"`` or ``"rlimits"``; default from ``$DREAMPRM_SANDBOX``.
+    """
+
+    def __init__(
+        self,
+        timeout: float = DEFAULT_TIMEOUT,
+        memory_mb: int = DEFAULT_MEMORY_MB,
+        workers: int | None = None,
+        allow_code_execution: bool = False,
+        progress: bool = True,
+        max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+        sandbox: str | None = None,
+    ) -> None:
+        if not timeout > 0:
+            raise ValueError(f"timeout={timeout!r}: must be a positive number of seconds")
+        if int(memory_mb) < 64:
+            raise ValueError(f"memory_mb={memory_mb!r}: the interpreter alone needs about 64 MiB; pass >= 64")
+        if workers is not None and int(workers) < 1:
+            raise ValueError(f"workers={workers!r}: pass a positive int or None for all cores")
+        self.timeout = float(timeout)
+        self.memory_mb = int(memory_mb)
+        self.workers = workers
+        self.allow_code_execution = allow_code_execution
+        self.progress = progress
+        self.max_output_bytes = int(max_output_bytes)
+        self.sandbox = sandbox
+
+    def isolation(self) -> str:
+        return isolation(self.sandbox)
+
+    def config(self) -> dict:
+        """Everything that can change a verdict (for cache keys); not workers or progress."""
+        return {
+            "timeout": self.timeout,
+            "memory_mb": self.memory_mb,
+            "max_output_bytes": self.max_output_bytes,
+            "isolation": self.isolation(),
+            "harness_version": HARNESS_VERSION,
+        }
+
+    def run(self, code: str, suite: TestSuite) -> ExecutionResult:
+        _check_opt_in(self.allow_code_execution)
+        return _run_one(code, suite, self.timeout, self.memory_mb, self.max_output_bytes, self.isolation())
+
+    def run_many(self, pairs: Iterable[tuple[str, TestSuite]]) -> list[ExecutionResult]:
+        """Run ``(code, suite)`` pairs in parallel; results keep the input order."""
+        _check_opt_in(self.allow_code_execution)
+        pairs = list(pairs)
+        level = self.isolation()
+        workers = max(1, min(len(pairs) or 1, self.workers or os.cpu_count() or 1))
+        results: list[ExecutionResult | None] = [None] * len(pairs)
+
+        def job(i: int) -> None:
+            code, suite = pairs[i]
+            results[i] = _run_one(code, suite, self.timeout, self.memory_mb, self.max_output_bytes, level)
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(job, i) for i in range(len(pairs))]
+            bar = tqdm(total=len(pairs), desc="executing", unit="prog", disable=not self.progress, leave=False)
+            try:
+                for future in as_completed(futures):
+                    future.result()
+                    bar.update(1)
+            finally:
+                bar.close()
+        return results  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"SandboxedExecutor({opts})"
+
+
+def execute(
+    code: str,
+    suite: TestSuite,
+    timeout: float = DEFAULT_TIMEOUT,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+    allow_code_execution: bool = False,
+    **options: Any,
+) -> ExecutionResult:
+    """Run one program against ``suite`` in the sandbox. See :class:`SandboxedExecutor` for the options."""
+    executor = SandboxedExecutor(timeout, memory_mb, allow_code_execution=allow_code_execution, progress=False, **options)
+    return executor.run(code, suite)
+
+
+def execute_many(
+    pairs: Iterable[tuple[str, TestSuite]],
+    workers: int | None = None,
+    progress: bool = True,
+    timeout: float = DEFAULT_TIMEOUT,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+    allow_code_execution: bool = False,
+    **options: Any,
+) -> list[ExecutionResult]:
+    """Run many ``(code, suite)`` pairs on all cores (default); results keep the input order."""
+    executor = SandboxedExecutor(timeout, memory_mb, workers, allow_code_execution, progress, **options)
+    return executor.run_many(pairs)
