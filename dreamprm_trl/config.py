@@ -1,0 +1,146 @@
+"""`FunctionStepPRMConfig`: the training arguments of `FunctionStepPRMTrainer` (a `TrainingArguments` subclass)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+META_METHODS = ("label_correction", "sample_reweighting", "none")
+HYPERGRADIENTS = ("darts", "exact")
+LABEL_LOSSES = ("bce", "mse")
+AGGREGATIONS = ("min", "mean", "last", "prod", "logodds")
+
+
+@dataclass
+class FunctionStepPRMConfig(TrainingArguments):
+    r"""Configuration of [`FunctionStepPRMTrainer`]: a function-as-step PRM with bi-level meta label correction.
+
+    Only the fields specific to PRM training are listed; see [`~transformers.TrainingArguments`] for the rest. Every
+    field is a command-line flag through [`~transformers.HfArgumentParser`] / [`~trl.TrlParser`] (``--config x.yaml``).
+
+    Parameters:
+        > Data and model input
+
+        max_length (`int`, defaults to `1024`): token budget of one (prompt, program) row; the prompt is truncated
+            from the left first, rows whose code alone does not fit are dropped (counted).
+        step_token (`str`, defaults to `"<|step|>"`): special token appended after every step; the head reads it.
+        label_key (`str`, *optional*): column of the train rows holding the soft step labels; ``None`` picks
+            ``"labels"`` then ``"mc_labels"``.
+        label_loss (`str`, defaults to `"bce"`): per-step loss against soft labels, ``bce`` (with logits) or ``mse``
+            (on the sigmoid, as in the paper's code).
+        label_smoothing (`float`, defaults to `0.0`): targets become ``y (1 - s) + s / 2``.
+        score_aggregation (`str`, defaults to `"min"`): how step scores make a program score, in the meta loss and
+            in evaluation (``min | mean | last | prod | logodds``).
+
+        > LoRA (used when the trainer builds the PRM from a backbone name and no ``peft_config`` is given)
+
+        lora_r (`int`, defaults to `8`), lora_alpha (`int`, defaults to `16`), lora_dropout (`float`, defaults to
+            `0.05`), lora_target_modules (`list[str]`, *optional*): the paper's LoRA on q/k/v/o projections.
+
+        > Meta learning (bi-level label correction)
+
+        meta_method (`str`, defaults to `"label_correction"`): ``label_correction`` (learnable step labels, the
+            paper), ``sample_reweighting`` (a learnable weight per train row, the authors' released code) or
+            ``none`` (plain PRM training).
+        hypergradient (`str`, defaults to `"darts"`): ``darts`` (finite-difference, first order, forward passes
+            only for the label term) or ``exact`` (second order through ``torch.func``; needs eager attention).
+        darts_alpha (`float`, defaults to `0.01`): DARTS step ``eps = darts_alpha / ||v||``.
+        meta_learning_rate (`float`, defaults to `1e-2`): Adam learning rate of the meta table.
+        meta_weight_decay (`float`, defaults to `0.0`): pulls the table towards its initial (noisy) state.
+        meta_interval (`int`, defaults to `1`): optimizer steps between meta updates.
+        meta_warmup_steps (`int`, defaults to `0`): optimizer steps of plain training before the first meta update.
+        meta_batch_size (`int`, defaults to `8`): whole programs per process in one meta loss.
+        meta_inner_learning_rate (`float`, *optional*): ``eta`` of the unrolled SGD step; ``None`` uses the
+            current learning rate of the PRM optimizer.
+        label_clip (`float`, defaults to `0.02`): corrected labels start at ``logit(clip(y, c, 1 - c))``.
+
+    > [!NOTE]
+    > Defaults differing from [`~transformers.TrainingArguments`]: `learning_rate` 1e-4 (the paper),
+    > `logging_steps` 10, `remove_unused_columns` False (the collator needs the raw ``prompt``/``steps`` columns).
+    """
+
+    learning_rate: float = field(
+        default=1e-4, metadata={"help": "Initial AdamW learning rate of the PRM (the paper: 1e-4)."}
+    )
+    logging_steps: float = field(default=10, metadata={"help": "Log every X optimizer steps (float < 1: ratio)."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Must stay False: the collator reads the raw prompt/steps columns."}
+    )
+
+    # Data and model input
+    max_length: int = field(default=1024, metadata={"help": "Token budget per row; prompt truncated from the left."})
+    step_token: str = field(
+        default="<|step|>", metadata={"help": "Special token closing every step; the head reads it."}
+    )
+    label_key: str | None = field(
+        default=None, metadata={"help": "Column of soft step labels; None tries 'labels' then 'mc_labels'."}
+    )
+    label_loss: str = field(
+        default="bce", metadata={"help": "Per-step loss on soft labels.", "choices": list(LABEL_LOSSES)}
+    )
+    label_smoothing: float = field(default=0.0, metadata={"help": "Smooth targets towards 0.5: y(1-s) + s/2."})
+    score_aggregation: str = field(
+        default="min",
+        metadata={"help": "Step scores -> program score (meta loss, evaluation).", "choices": list(AGGREGATIONS)},
+    )
+
+    # LoRA
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank (used when the trainer builds the PRM)."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Modules to adapt; None uses the PRM's default (attention q/k/v/o)."}
+    )
+
+    # Meta learning
+    meta_method: str = field(
+        default="label_correction",
+        metadata={"help": "Bi-level method.", "choices": list(META_METHODS)},
+    )
+    hypergradient: str = field(
+        default="darts",
+        metadata={"help": "darts (finite difference) or exact (second order).", "choices": list(HYPERGRADIENTS)},
+    )
+    darts_alpha: float = field(default=0.01, metadata={"help": "DARTS perturbation: eps = darts_alpha / ||v||."})
+    meta_learning_rate: float = field(default=1e-2, metadata={"help": "Adam learning rate of the meta table."})
+    meta_weight_decay: float = field(
+        default=0.0, metadata={"help": "Decay of the meta table towards its initial (noisy) state."}
+    )
+    meta_interval: int = field(default=1, metadata={"help": "Optimizer steps between meta updates."})
+    meta_warmup_steps: int = field(default=0, metadata={"help": "Optimizer steps before the first meta update."})
+    meta_batch_size: int = field(default=8, metadata={"help": "Whole programs per process in one meta loss."})
+    meta_inner_learning_rate: float | None = field(
+        default=None, metadata={"help": "Unrolled SGD step size; None uses the PRM optimizer's current lr."}
+    )
+    label_clip: float = field(default=0.02, metadata={"help": "Initial corrected labels: logit(clip(y, c, 1-c))."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        checks = [
+            ("meta_method", self.meta_method in META_METHODS, f"one of {META_METHODS}"),
+            ("hypergradient", self.hypergradient in HYPERGRADIENTS, f"one of {HYPERGRADIENTS}"),
+            ("label_loss", self.label_loss in LABEL_LOSSES, f"one of {LABEL_LOSSES}"),
+            ("score_aggregation", self.score_aggregation in AGGREGATIONS, f"one of {AGGREGATIONS}"),
+            ("max_length", self.max_length > 0, "a positive token count, e.g. 1024"),
+            ("step_token", bool(self.step_token), "a non-empty special token such as '<|step|>'"),
+            ("label_smoothing", 0.0 <= self.label_smoothing < 1.0, "in [0, 1), e.g. 0.0"),
+            ("darts_alpha", self.darts_alpha > 0, "positive, e.g. 0.01"),
+            ("meta_learning_rate", self.meta_learning_rate > 0, "positive, e.g. 1e-2"),
+            ("meta_weight_decay", self.meta_weight_decay >= 0, "non-negative"),
+            ("meta_interval", self.meta_interval >= 1, "an integer >= 1"),
+            ("meta_warmup_steps", self.meta_warmup_steps >= 0, "an integer >= 0"),
+            ("meta_batch_size", self.meta_batch_size >= 1, "an integer >= 1"),
+            ("meta_inner_learning_rate", self.meta_inner_learning_rate is None or self.meta_inner_learning_rate > 0,
+             "positive or None (use the PRM learning rate)"),
+            ("label_clip", 0.0 < self.label_clip < 0.5, "in (0, 0.5), e.g. 0.02"),
+            ("lora_r", self.lora_r >= 1, "an integer >= 1 (pass a model without LoRA to train it fully)"),
+            ("lora_dropout", 0.0 <= self.lora_dropout < 1.0, "in [0, 1)"),
+            ("remove_unused_columns", not self.remove_unused_columns,
+             "False: the collator needs the raw 'prompt' and 'steps' columns"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(
+                    f"FunctionStepPRMConfig.{name}={getattr(self, name)!r} is invalid; set it to {expected}."
+                )

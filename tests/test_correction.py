@@ -1,0 +1,225 @@
+"""Label maths, meta tables and hypergradients, checked against autograd and central finite differences (float64)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dreamprm_trl.correction import (
+    LabelTable,
+    WeightTable,
+    build_table,
+    darts_hypergradient,
+    exact_hypergradient,
+    label_logits,
+    label_loss_grad,
+    unrolled_meta_loss,
+)
+from dreamprm_trl.modeling import step_loss
+
+
+def pointwise_step_loss(logits, labels, loss_type, smoothing):
+    return step_loss(logits, labels, torch.ones_like(logits, dtype=torch.bool), loss_type, smoothing, reduction="none")
+
+
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Finite differences need float64; restore the default afterwards so other test modules are unaffected."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+@pytest.mark.parametrize("loss_type", ["bce", "mse"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_label_loss_grad_matches_autograd(loss_type, smoothing):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, generator=g) * 3
+    labels = torch.rand(7, generator=g).requires_grad_()
+    loss = pointwise_step_loss(logits, labels, loss_type, smoothing).sum()
+    (auto,) = torch.autograd.grad(loss, labels)
+    torch.testing.assert_close(label_loss_grad(logits, labels.detach(), loss_type, smoothing), auto)
+
+
+def test_label_loss_grad_with_mask_and_sum_reduction():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 4, generator=g)
+    labels = torch.rand(3, 4, generator=g)
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    mask[0, 3] = False
+    for loss_type in ("bce", "mse"):
+        for s in (0.0, 0.2):
+            y = labels.clone().requires_grad_()
+            loss = step_loss(logits, y, mask, loss_type=loss_type, label_smoothing=s, reduction="sum")
+            (auto,) = torch.autograd.grad(loss, y)
+            expected = label_loss_grad(logits, labels, loss_type, s) * mask
+            torch.testing.assert_close(auto, expected, msg=f"{loss_type} smoothing={s}")
+
+
+def test_label_logits_clip_and_roundtrip():
+    y = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    z = label_logits(y, clip=0.02)
+    torch.testing.assert_close(torch.sigmoid(z), torch.tensor([0.02, 0.25, 0.5, 0.98]))
+    with pytest.raises(ValueError, match="clip"):
+        label_logits(y, clip=0.6)
+
+
+def test_label_table_layout_and_stats():
+    table = LabelTable([[0.0, 1.0], [0.5, None, 0.25], [1.0]]).double()
+    row_ids = torch.tensor([2, 0, 1])
+    step_labels = torch.tensor([[1.0, -100, -100], [0.0, 1.0, -100], [0.5, -100, 0.25]])
+    out = table.labels(row_ids, step_labels)
+    expected = torch.tensor([[0.98, -100, -100], [0.02, 0.98, -100], [0.5, -100, 0.25]])
+    torch.testing.assert_close(out, expected)
+    corrected = table.corrected()
+    assert corrected[1][1] is None and corrected[0][0] == pytest.approx(0.02)
+    with torch.no_grad():
+        table.z[0] = 3.0  # label 0 -> 0.95: crosses 0.5
+    stats = table.state_summary()
+    assert stats["meta/labels_crossed"] == 1.0
+    assert stats["meta/label_shift"] == pytest.approx((0.952574 + 0.02 + 0.02) / 5, abs=1e-4)
+    with pytest.raises(ValueError, match="outside"):
+        LabelTable([[1.5]])
+
+
+def test_weight_table_normalised_and_decay():
+    table = WeightTable([[0.1], [0.2, 0.3], [0.4]])
+    torch.testing.assert_close(table.all_weights(), torch.ones(3, dtype=torch.float32))
+    with torch.no_grad():
+        table.u[0] = 3.0
+    w = table.all_weights()
+    assert w.mean().item() == pytest.approx(1.0) and w[0] > w[1]
+    assert table.decay_grad(0.5)[0].item() == pytest.approx(0.5 * (3.0 - math.log(math.e - 1)), rel=1e-5)
+    assert build_table("none", [[0.1]]) is None
+    with pytest.raises(ValueError, match="meta_method"):
+        build_table("bogus", [[0.1]])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A tiny bi-level problem: an MLP scores "steps" (feature vectors); programs are groups of steps.
+# ---------------------------------------------------------------------------------------------------------------
+
+LR = 0.5
+
+
+def _mlp_problem(kind: str, loss_type: str = "bce", smoothing: float = 0.0):
+    g = torch.Generator().manual_seed(0)
+    d, h = 5, 6
+    params = {
+        "w1": torch.randn(d, h, generator=g) * 0.7, "b1": torch.randn(h, generator=g) * 0.1,
+        "w2": torch.randn(h, generator=g) * 0.7, "b2": torch.zeros(()),
+    }
+    rows = [[0.2, 0.9, 0.5], [1.0, 0.0], [0.3, 0.6, 0.8, 0.1]]
+    x_train = torch.randn(3, 4, d, generator=g)
+    step_labels = torch.full((3, 4), -100.0)
+    for i, r in enumerate(rows):
+        step_labels[i, : len(r)] = torch.tensor(r)
+    mask = step_labels != -100
+    row_ids = torch.arange(3)
+    x_meta = torch.randn(4, 3, d, generator=g)
+    passed = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    table = (LabelTable(rows) if kind == "label" else WeightTable(rows)).double()
+
+    def forward(p, x):
+        return torch.tanh(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+
+    def batch_loss(logits, phi):
+        if kind == "label":
+            flat, valid = table.index(row_ids, 4)
+            y = torch.where(mask, torch.sigmoid(phi[flat]), 0.0)
+            w = torch.ones(3)
+        else:
+            y = step_labels.clamp(0, 1)
+            sp = F.softplus(phi)
+            w = (sp / sp.mean())[row_ids]
+        per = pointwise_step_loss(logits, y, loss_type, smoothing) * mask
+        return (w[:, None] * per).sum() / mask.sum()
+
+    def inner_loss(p, phi):
+        return batch_loss(forward(p, x_train), phi)
+
+    def meta_loss(p):
+        score = torch.sigmoid(forward(p, x_meta)).amin(dim=1)
+        return F.binary_cross_entropy(score, passed)
+
+    def table_grad(p, phi):
+        """d l / d phi from the prediction alone (what the trainer does at theta +- eps v)."""
+        with torch.no_grad():
+            logits = forward(p, x_train)
+        if kind == "label":
+            flat, _ = table.index(row_ids, 4)
+            y = torch.sigmoid(phi[flat])
+            dy = label_loss_grad(logits, y, loss_type, smoothing) * mask / mask.sum()
+            return torch.zeros_like(phi).index_put_((flat[mask],), (dy * y * (1 - y))[mask], accumulate=True)
+        phi = phi.detach().requires_grad_()
+        (grad,) = torch.autograd.grad(batch_loss(logits, phi), phi)
+        return grad
+
+    return params, table.phi.detach().clone() + 0.1 * torch.randn(table.phi.shape, generator=g), inner_loss, \
+        meta_loss, table_grad
+
+
+def _finite_difference(f, phi, h=1e-5):
+    grad = torch.zeros_like(phi)
+    for i in range(phi.numel()):
+        e = torch.zeros_like(phi)
+        e[i] = h
+        grad[i] = (f(phi + e) - f(phi - e)) / (2 * h)
+    return grad
+
+
+@pytest.mark.parametrize("kind,loss_type,smoothing", [("label", "bce", 0.0), ("label", "mse", 0.1),
+                                                      ("weight", "bce", 0.0)])
+def test_hypergradients_match_finite_difference(kind, loss_type, smoothing):
+    params, phi, inner_loss, meta_loss, table_grad = _mlp_problem(kind, loss_type, smoothing)
+    f = lambda ph: unrolled_meta_loss(inner_loss, meta_loss, params, ph, LR)  # noqa: E731
+    reference = _finite_difference(f, phi)
+    assert reference.abs().max() > 1e-4  # a non-trivial problem
+
+    exact, value = exact_hypergradient(inner_loss, meta_loss, params, phi, LR)
+    assert value.item() == pytest.approx(f(phi).item(), rel=1e-12)
+    assert F.cosine_similarity(exact, reference, dim=0) > 0.999999
+    torch.testing.assert_close(exact, reference, rtol=1e-6, atol=1e-9)
+
+    live = {k: v.clone().requires_grad_() for k, v in params.items()}
+    names = list(live)
+    inner_grads = torch.autograd.grad(inner_loss(live, phi), [live[k] for k in names])
+
+    def meta_grad_fn():
+        loss = meta_loss(live)
+        return torch.autograd.grad(loss, [live[k] for k in names]), loss
+
+    before = [live[k].detach().clone() for k in names]
+    darts, meta_value = darts_hypergradient(
+        [live[k] for k in names], inner_grads, LR, meta_grad_fn, lambda: table_grad(live, phi), alpha=0.01
+    )
+    for k, b in zip(names, before):
+        assert torch.equal(live[k].detach(), b)  # parameters restored bit for bit
+    assert meta_value.item() == pytest.approx(value.item(), rel=1e-12)
+    assert F.cosine_similarity(darts, reference, dim=0) > 0.999
+    torch.testing.assert_close(darts, reference, rtol=1e-3, atol=1e-6)
+
+
+def test_darts_reduce_fn_sees_meta_gradient():
+    params, phi, inner_loss, meta_loss, table_grad = _mlp_problem("label")
+    live = [params[k].clone().requires_grad_() for k in params]
+    named = dict(zip(params, live))
+    grads = torch.autograd.grad(inner_loss(named, phi), live)
+    seen = []
+
+    def reduce_fn(v):
+        seen.append([t.clone() for t in v])
+        return [2 * t for t in v]  # the hypergradient is linear in v: doubling v doubles it
+
+    def meta_grad_fn():
+        loss = meta_loss(named)
+        return torch.autograd.grad(loss, live), loss
+
+    h1, _ = darts_hypergradient(live, grads, LR, meta_grad_fn, lambda: table_grad(named, phi), reduce_fn=reduce_fn)
+    h0, _ = darts_hypergradient(live, grads, LR, meta_grad_fn, lambda: table_grad(named, phi))
+    assert len(seen) == 1
+    torch.testing.assert_close(h1, 2 * h0, rtol=1e-5, atol=1e-9)

@@ -1,0 +1,294 @@
+"""FunctionStepPRMTrainer: loss normalisation, meta step wiring, checkpoints, DDP, and label correction that works."""
+
+import os
+import subprocess
+import sys
+
+import datasets
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import HfArgumentParser
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "scripts"))
+
+from tiny_prm import BAD, GOOD, noisy_task, tiny_prm, trainable_state  # noqa: E402
+
+from dreamprm_trl import FunctionStepPRMConfig, FunctionStepPRMTrainer  # noqa: E402
+from dreamprm_trl.correction import LabelTable  # noqa: E402
+from dreamprm_trl.metrics import rerank_metrics  # noqa: E402
+from dreamprm_trl.modeling import step_loss  # noqa: E402
+
+SCRIPTS = os.path.join(os.path.dirname(__file__), "scripts")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _config(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", save_strategy="no",
+                disable_tqdm=True, logging_steps=1, learning_rate=1e-2, meta_batch_size=4, meta_learning_rate=0.1)
+    base.update(kw)
+    return FunctionStepPRMConfig(**base)
+
+
+def _losses(trainer):
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+# ------------------------------------------------------------------------------------------------- config
+def test_config_cli_yaml_and_validation(tmp_path):
+    (cfg,) = HfArgumentParser(FunctionStepPRMConfig).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--meta_method", "sample_reweighting",
+         "--lora_target_modules", "q_proj", "v_proj"]
+    )
+    assert (cfg.meta_method, cfg.lora_target_modules) == ("sample_reweighting", ["q_proj", "v_proj"])
+    assert (cfg.learning_rate, cfg.meta_learning_rate, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) == (
+        1e-4, 1e-2, 8, 16, 0.05)
+    from trl import TrlParser
+
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text(f"output_dir: {tmp_path}\nhypergradient: exact\nmeta_interval: 3\n")
+    (cfg,) = TrlParser(FunctionStepPRMConfig).parse_args_and_config(["--config", str(yaml)])
+    assert (cfg.hypergradient, cfg.meta_interval) == ("exact", 3)
+    with pytest.raises(ValueError, match="meta_interval=0 is invalid; set it to an integer >= 1"):
+        FunctionStepPRMConfig(output_dir=str(tmp_path), meta_interval=0)
+    with pytest.raises(ValueError, match="meta_method='bogus'"):
+        FunctionStepPRMConfig(output_dir=str(tmp_path), meta_method="bogus")
+
+
+def test_constructor_errors(tmp_path):
+    train, meta, _ = noisy_task(n_train=4, n_meta=4)
+    with pytest.raises(ValueError, match="needs meta_dataset"):
+        FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path), train)
+    with pytest.raises(ValueError, match="step-label column"):
+        FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path), train.remove_columns("mc_labels"), meta)
+    with pytest.raises(TypeError, match="FunctionStepPRMConfig"):
+        from transformers import TrainingArguments
+
+        FunctionStepPRMTrainer(tiny_prm(), TrainingArguments(output_dir=str(tmp_path)), train, meta)
+    trainer = FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path), train, meta)
+    trainer.is_fsdp_enabled = True
+    with pytest.raises(ValueError, match="cannot run under FSDP"):
+        trainer._check_meta_step_supported()
+    with pytest.raises(ValueError, match="attn_implementation='eager'"):
+        FunctionStepPRMTrainer(tiny_prm(attn="sdpa"), _config(tmp_path, hypergradient="exact"), train, meta)
+
+
+def test_meta_schedule_warmup_and_interval(tmp_path):
+    """meta_warmup_steps=2, meta_interval=2 over 7 optimizer steps (GA=2): meta updates before steps 3, 5, 7."""
+    train, meta, _ = noisy_task(n_train=4, n_meta=4)
+    trainer = FunctionStepPRMTrainer(tiny_prm(), _config(
+        tmp_path, per_device_train_batch_size=1, gradient_accumulation_steps=2, max_steps=7, meta_warmup_steps=2,
+        meta_interval=2), train, meta)
+    seen = []
+    original = trainer.meta_step
+
+    def spy(model, window, num_items):
+        seen.append((trainer.state.global_step, len(window), int(num_items)))
+        return original(model, window, num_items)
+
+    trainer.meta_step = spy
+    trainer.train()
+    assert [s for s, _, _ in seen] == [2, 4, 6]
+    assert all(n == 2 for _, n, _ in seen)  # both micro-batches of the accumulation window
+    assert all(k >= 2 for _, _, k in seen)  # valid steps of the whole window
+
+
+# ------------------------------------------------------------------------------------------------- loss
+@pytest.mark.parametrize("meta_method", ["none", "label_correction"])
+def test_gradient_accumulation_matches_full_batch(tmp_path, meta_method):
+    """GA=1 x batch 4 and GA=2 x batch 2 give the same loss, update and meta table (rows have 1-3 steps)."""
+    _, meta, _ = noisy_task(n_train=4, n_meta=4)
+    steps = [[GOOD[0]], [BAD[1]], [GOOD[2]], [GOOD[1], BAD[0], BAD[2]]]
+    labels = [[1.0], [0.0], [0.0], [1.0, 0.5, 0.0]]
+    train = datasets.Dataset.from_list([{"prompt": "# t\n", "steps": s, "mc_labels": y} for s, y in zip(steps, labels)])
+    runs = []
+    for bs, ga in ((4, 1), (2, 2)):
+        trainer = FunctionStepPRMTrainer(
+            tiny_prm(), _config(tmp_path, per_device_train_batch_size=bs, gradient_accumulation_steps=ga,
+                                max_steps=2, meta_method=meta_method), train, meta)
+        if bs == 4:
+            prm, collate = trainer.model, trainer.data_collator
+            batch = collate([dict(r) for r in trainer.train_dataset])
+            with torch.no_grad():
+                logits = prm(**{k: batch[k] for k in ("input_ids", "attention_mask", "step_positions")}).step_logits
+                y = batch["step_labels"]
+                if trainer.meta_table is not None:  # corrected labels start at clip(y, 0.02, 0.98)
+                    y = trainer.meta_table.labels(batch["row_ids"], y)
+            expected = step_loss(logits, y, reduction="mean").item()
+            naive = [  # averaging per-micro-batch means, for every way to split the 4 rows into 2 pairs
+                np.mean([step_loss(logits[list(p)], y[list(p)]).item() for p in split])
+                for split in (((0, 1), (2, 3)), ((0, 2), (1, 3)), ((0, 3), (1, 2)))
+            ]
+        trainer.train()
+        runs.append(trainer)
+    (a, b) = runs
+    assert _losses(a)[0] == pytest.approx(expected, rel=1e-5)
+    assert _losses(b)[0] == pytest.approx(expected, rel=1e-5)
+    assert min(abs(n - expected) for n in naive) > 1e-3  # uneven steps per row: that would be wrong
+    torch.testing.assert_close(_losses(a), _losses(b), rtol=1e-5, atol=0)
+    pa, pb = trainable_state(a.model), trainable_state(b.model)
+    for k in pa:
+        torch.testing.assert_close(pa[k], pb[k], rtol=1e-4, atol=1e-6)
+    if meta_method != "none":
+        assert not torch.equal(a.meta_table.phi, a.meta_table.phi_init)
+        torch.testing.assert_close(a.meta_table.phi, b.meta_table.phi, rtol=1e-4, atol=1e-6)
+
+
+def test_two_process_ddp_matches_single_process(tmp_path):
+    """torchrun --nproc_per_node 2 (gloo): ranks end identical, and equal one process with the global batch."""
+    out = tmp_path / "ddp"
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           os.path.join(SCRIPTS, "ddp_train.py"), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for method in ("none", "label_correction"):
+        r0, r1 = (torch.load(out / f"{method}_rank{r}.pt") for r in (0, 1))
+        assert r0["world_size"] == 2
+        for k in r0["params"]:
+            assert torch.equal(r0["params"][k], r1["params"][k]), k
+        assert r0["losses"] == r1["losses"]
+    lc0, lc1 = (torch.load(out / f"label_correction_rank{r}.pt") for r in (0, 1))
+    assert torch.equal(lc0["table"], lc1["table"])
+    train, meta, _ = noisy_task(n_train=8, n_meta=8, train_lengths=(1, 2, 3))
+    assert not torch.allclose(lc0["table"], LabelTable(train["mc_labels"]).z)  # the meta step ran
+    single = FunctionStepPRMTrainer(
+        tiny_prm(), _config(tmp_path, per_device_train_batch_size=4, max_steps=3, meta_method="none"), train, meta)
+    single.train()
+    ddp = torch.load(out / "none_rank0.pt")
+    torch.testing.assert_close(_losses(single), ddp["losses"], rtol=1e-5, atol=0)
+    params = trainable_state(single.model)
+    for k in params:
+        torch.testing.assert_close(params[k], ddp["params"][k], rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------- meta step
+def test_trainer_darts_matches_exact_hypergradient(tmp_path):
+    """The trainer's DARTS path (closed-form label gradient, scatter into the table) agrees with torch.func."""
+    train, meta, _ = noisy_task(n_train=6, n_meta=6, train_lengths=(1, 2, 3))
+    for method in ("label_correction", "sample_reweighting"):
+        trainer = FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path, meta_method=method), train, meta)
+        prm = trainer.model
+        with torch.no_grad():
+            trainer.meta_table.phi.add_(0.3 * torch.randn(trainer.meta_table.phi.shape))
+        batch = trainer._prepare_inputs(trainer.data_collator([dict(r) for r in trainer.train_dataset]))
+        prm.train()
+        loss = trainer.compute_loss(prm, batch, num_items_in_batch=(batch["step_labels"] != -100).sum())
+        loss.backward()
+        results = {}
+        for hg in ("darts", "exact"):
+            trainer.args.hypergradient = hg
+            results[hg] = trainer.compute_hypergradient(prm, [batch], None)
+        prm.zero_grad()
+        (d, ld), (e, le) = results["darts"], results["exact"]
+        assert ld.item() == pytest.approx(le.item(), rel=1e-5)
+        assert e.abs().max() > 0
+        assert F.cosine_similarity(d, e, dim=0) > 0.999, method
+
+
+def test_save_resume_restores_meta_state_and_continues_identically(tmp_path):
+    train, meta, _ = noisy_task(n_train=4, n_meta=4, train_lengths=(1, 2))
+    kw = dict(per_device_train_batch_size=2, max_steps=4, save_strategy="steps", save_steps=2)
+    full = FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path, output_dir=str(tmp_path / "a"), **kw), train, meta)
+    full.train()
+    ckpt = tmp_path / "a" / "checkpoint-2"
+    saved = torch.load(ckpt / "meta_state.pt", weights_only=True)
+    assert {"README.md", "trainable_state.safetensors", "prm_config.json", "head.safetensors"} <= set(os.listdir(ckpt))
+
+    resumed = FunctionStepPRMTrainer(tiny_prm(seed=1), _config(tmp_path, output_dir=str(tmp_path / "b"), **kw),
+                                     train, meta)
+    resumed._load_from_checkpoint(str(ckpt))
+    assert torch.equal(resumed.meta_table.z, saved["table"]["z"])
+    assert not torch.equal(resumed.meta_table.z, resumed.meta_table.phi_init)
+    opt = resumed.meta_optimizer.state_dict()["state"][0]
+    assert torch.equal(opt["exp_avg"], saved["optimizer"]["state"][0]["exp_avg"])
+    assert torch.equal(opt["exp_avg_sq"], saved["optimizer"]["state"][0]["exp_avg_sq"])
+
+    resumed = FunctionStepPRMTrainer(tiny_prm(seed=1), _config(tmp_path, output_dir=str(tmp_path / "b"), **kw),
+                                     train, meta)
+    resumed.train(resume_from_checkpoint=str(ckpt))
+    torch.testing.assert_close(resumed.meta_table.z, full.meta_table.z, rtol=0, atol=1e-6)
+    pf, pr = trainable_state(full.model), trainable_state(resumed.model)
+    for k in pf:
+        torch.testing.assert_close(pr[k], pf[k], rtol=0, atol=1e-6)
+    assert _losses(resumed)[-1] == pytest.approx(_losses(full)[-1], rel=1e-6)
+    a, b = full.meta_optimizer.state_dict()["state"][0], resumed.meta_optimizer.state_dict()["state"][0]
+    torch.testing.assert_close(a["exp_avg"], b["exp_avg"], rtol=0, atol=1e-7)
+
+
+def _label_error(labels, truth):
+    y = np.concatenate([np.asarray(r, dtype=float) for r in labels])
+    t = np.concatenate([np.asarray(r, dtype=float) for r in truth])
+    return float(np.abs(y - t).mean()), int(((y > 0.5) != (t > 0.5)).sum())
+
+
+def _synthetic_run(tmp_path, **kw):
+    train, meta, truth = noisy_task(n_train=64, n_meta=16, flip=0.3, train_lengths=(1,))
+    args = _config(tmp_path, per_device_train_batch_size=64, max_steps=60, meta_warmup_steps=30,
+                   lr_scheduler_type="constant", meta_learning_rate=0.2, meta_batch_size=16, logging_steps=10, **kw)
+    trainer = FunctionStepPRMTrainer(tiny_prm(hidden_size=64), args, train, meta)
+    trainer.train()
+    return trainer, train, truth
+
+
+def test_label_correction_repairs_flipped_labels(tmp_path):
+    """30% of known step labels flipped: the corrected labels move to the truth (error and wrong side of 0.5)."""
+    trainer, train, truth = _synthetic_run(tmp_path)
+    noisy_err, noisy_wrong = _label_error(train["mc_labels"], truth)
+    corrected = trainer.corrected_labels()
+    assert [len(r) for r in corrected] == [len(r) for r in train["mc_labels"]]
+    err, wrong = _label_error(corrected, truth)
+    assert noisy_wrong == 20 and noisy_err == pytest.approx(20 / 64)
+    assert wrong <= 2, (err, wrong)
+    assert err < 0.1 < noisy_err
+    logs = [h for h in trainer.state.log_history if "meta/labels_crossed" in h]
+    assert logs[-1]["meta/labels_crossed"] >= 18 and logs[-1]["meta/label_shift"] > 0.2
+    assert "meta/loss" in logs[-1]
+
+
+def test_sample_reweighting_downweights_noisy_rows(tmp_path):
+    trainer, train, truth = _synthetic_run(tmp_path, meta_method="sample_reweighting")
+    w = np.asarray(trainer.sample_weights())
+    flipped = np.array([r != t for r, t in zip(train["mc_labels"], truth)])
+    assert w.mean() == pytest.approx(1.0, rel=1e-5)
+    assert w[flipped].mean() < 0.8 * w[~flipped].mean(), (w[flipped].mean(), w[~flipped].mean())
+    assert trainer.corrected_labels() == [list(r) for r in train["mc_labels"]]
+
+
+# ------------------------------------------------------------------------------------------------- eval, card
+def test_evaluate_reports_rerank_metrics_and_model_card(tmp_path):
+    train, meta, _ = noisy_task(n_train=8, n_meta=4)
+    groups = [{"task_id": f"p{t}", "prompt": "# task\n", "steps": [s], "passed": s in GOOD}
+              for t in range(3) for s in (GOOD[t], BAD[t], BAD[t + 1])]
+    eval_ds = datasets.Dataset.from_list(groups)
+    trainer = FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path, max_steps=2, per_device_train_batch_size=4),
+                                     train, meta, eval_dataset=eval_ds)
+    trainer.train()
+    metrics = trainer.evaluate()
+    scores = [s.aggregate("min") for s in trainer.model.score_batch([(g["prompt"], g["steps"]) for g in groups],
+                                                                     progress=False)]
+    expected = rerank_metrics([scores[i:i + 3] for i in (0, 3, 6)],
+                              [[g["passed"] for g in groups[i:i + 3]] for i in (0, 3, 6)])
+    assert metrics["eval_reranked_pass@1"] == pytest.approx(expected["reranked_pass@1"])
+    assert metrics["eval_mean_pass@1"] == pytest.approx(1 / 3)
+    assert metrics["eval_oracle_pass@N"] == 1.0
+    assert "eval_reranked_pass@1" in trainer.state.log_history[-1]
+
+    with_labels = trainer.evaluate(train.select(range(4)))
+    assert with_labels["eval_loss"] > 0
+
+    trainer.save_model(str(tmp_path / "final"))
+    card = (tmp_path / "final" / "README.md").read_text()
+    assert "meta label correction" in card and "darts" in card
+    assert 'FunctionStepPRM.from_pretrained("' in card and "scores.aggregate" in card
+    assert "| eval_reranked_pass@1 |" in card
+    assert "dreamprm-code" in card.split("---")[1]
