@@ -1,0 +1,554 @@
+"""`FunctionStepPRM`: a transformers backbone + PEFT LoRA + a scalar head read at the marker closing every step.
+
+One forward pass scores every step of a candidate (the paper's code runs one pass per prefix). The input format
+(prompt, steps and a trained special marker after each step) is defined once, in `collator.encode_steps`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .backbones import MINILM_ID, is_causal_backbone, load_backbone, load_tokenizer
+from .collator import IGNORE_INDEX, STEP_TOKEN, ChainOfFunctionCollator, code_to_steps, prepare_tokenizer
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "prm_config.json"
+HEAD_NAME = "head.safetensors"
+BACKBONE_DIR = "backbone"
+AGGREGATIONS = ("min", "mean", "last", "prod", "logodds")
+_EPS = 1e-6
+
+
+# --------------------------------------------------------------------------------------------------- pure parts
+def aggregate_scores(
+    scores: Any, how: str = "min", mask: torch.Tensor | None = None, logits: bool = False
+) -> Any:
+    """THE aggregation of step scores into one program score, in [0, 1].
+
+    ``min`` weakest step; ``mean``; ``last`` final step; ``prod`` product (all steps right);
+    ``logodds`` sigmoid of the mean step log-odds. ``scores`` is a sequence of probabilities (returns a float)
+    or a tensor (..., S) with an optional boolean ``mask`` of valid steps (returns a tensor (...), differentiable);
+    ``logits=True`` takes logits instead of probabilities. A program with no valid step scores NaN.
+    """
+    if how not in AGGREGATIONS:
+        raise ValueError(f"Unknown aggregation {how!r}; choose one of {AGGREGATIONS}.")
+    as_float = not isinstance(scores, torch.Tensor)
+    x = torch.as_tensor(list(scores) if as_float else scores, dtype=torch.float64 if as_float else None)
+    if mask is None:
+        mask = torch.ones_like(x, dtype=torch.bool)
+    mask = mask.bool()
+    p = torch.sigmoid(x) if logits else x
+    n = mask.sum(-1)
+    zero = torch.zeros_like(p)
+    if how == "min":
+        out = torch.where(mask, p, torch.ones_like(p)).amin(-1)
+    elif how == "mean":
+        out = torch.where(mask, p, zero).sum(-1) / n
+    elif how == "last":
+        idx = torch.where(mask, torch.arange(p.shape[-1], device=p.device), -1).amax(-1, keepdim=True)
+        out = p.gather(-1, idx.clamp(min=0)).squeeze(-1)
+    elif how == "prod":
+        logp = F.logsigmoid(x) if logits else torch.log(p.clamp(min=_EPS))
+        out = torch.exp(torch.where(mask, logp, zero).sum(-1))
+    else:
+        lo = x if logits else torch.logit(p, eps=_EPS)
+        out = torch.sigmoid(torch.where(mask, lo, zero).sum(-1) / n)
+    out = torch.where(n > 0, out, torch.full_like(out, float("nan")))
+    return float(out) if as_float else out
+
+
+def step_loss(
+    step_logits: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    loss_type: str = "bce",
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Loss of step logits (B, S) against soft labels in [0, 1]; differentiable in the logits AND the labels.
+
+    ``bce``: softplus(z) - y z (BCE with logits, soft targets). ``mse``: (sigmoid(z) - y)^2, the paper's choice.
+    Label smoothing maps y to y (1 - eps) + eps / 2. ``mask`` defaults to ``labels != -100``.
+    ``reduction``: ``mean`` over valid steps (0 if none), ``sum``, ``row_mean`` (B,) per-row mean over its
+    valid steps (rows without steps give 0), ``none`` (B, S) with 0 at masked entries.
+    """
+    if mask is None:
+        mask = labels != IGNORE_INDEX
+    mask = mask.bool()
+    y = torch.where(mask, labels, torch.zeros_like(labels)).to(step_logits.dtype)
+    if label_smoothing:
+        y = y * (1 - label_smoothing) + label_smoothing / 2
+    if loss_type == "bce":
+        per = F.softplus(step_logits) - y * step_logits
+    elif loss_type == "mse":
+        per = (torch.sigmoid(step_logits) - y) ** 2
+    else:
+        raise ValueError(f"loss_type={loss_type!r}; use 'bce' or 'mse'.")
+    per = torch.where(mask, per, torch.zeros_like(per))
+    if reduction == "none":
+        return per
+    if reduction == "sum":
+        return per.sum()
+    if reduction == "row_mean":
+        return per.sum(-1) / mask.sum(-1).clamp(min=1)
+    if reduction == "mean":
+        return per.sum() / mask.sum().clamp(min=1)
+    raise ValueError(f"reduction={reduction!r}; use mean, sum, row_mean or none.")
+
+
+@dataclass
+class StepScores:
+    """Per-step scores in [0, 1] of one candidate, and their aggregation."""
+
+    steps: list[str]
+    scores: list[float]
+    default_aggregation: str = "min"
+
+    def aggregate(self, how: str | None = None) -> float:
+        return aggregate_scores(self.scores, how or self.default_aggregation)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+@dataclass
+class PRMOutput(ModelOutput):
+    """``loss`` (scalar, when labels are given) and ``step_logits`` (B, S; 0 where there is no step)."""
+
+    loss: torch.Tensor | None = None
+    step_logits: torch.Tensor | None = None
+
+
+@dataclass
+class PRMConfig:
+    """What `FunctionStepPRM.from_pretrained` needs to rebuild a PRM exactly (saved as ``prm_config.json``)."""
+
+    backbone: str | None = None
+    backbone_source: str = "hub"  # hub | local | package | saved (config + weights under backbone/)
+    model_type: str = ""
+    step_token: str = STEP_TOKEN
+    new_token_ids: list[int] = field(default_factory=list)
+    backbone_is_causal: bool = True
+    causal_mask: bool = True
+    lora: bool = True
+    aggregation: str = "min"
+    label_format: str = "soft"  # step labels are probabilities in [0, 1] (Monte-Carlo pass rates)
+    loss_type: str = "bce"
+    label_smoothing: float = 0.0
+    max_length: int = 1024
+    attn_implementation: str | None = None
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PRMConfig:
+        if d.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+            raise ValueError(
+                f"prm_config format_version {d['format_version']} is newer than this library's "
+                f"({FORMAT_VERSION}); upgrade dreamprm-trl."
+            )
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+# ---------------------------------------------------------------------------------------------------- the model
+def default_lora_targets(model: nn.Module) -> list[str]:
+    """LoRA targets q/k/v/o for the usual architectures (Llama/Qwen/Mistral ``*_proj``, BERT ``query``...)."""
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    if {"q_proj", "k_proj", "v_proj", "o_proj"} <= leaves:
+        return ["q_proj", "k_proj", "v_proj", "o_proj"]
+    if {"query", "key", "value"} <= leaves:
+        return ["query", "key", "value", "attention.output.dense"]
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as MAP
+
+    targets = MAP.get(getattr(model.config, "model_type", ""))
+    if not targets:
+        raise ValueError(
+            f"No default LoRA targets for model_type={model.config.model_type!r}; pass "
+            "lora_config=LoraConfig(target_modules=[...]) naming its attention projections."
+        )
+    return list(targets)
+
+
+def default_lora_config() -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, bias="none")
+
+
+def _resolve_backbone_id(body: PreTrainedModel) -> tuple[str | None, str]:
+    name = getattr(body.config, "_name_or_path", "") or getattr(body, "name_or_path", "") or ""
+    if name == MINILM_ID:
+        return name, "package"
+    if name and os.path.isdir(name):
+        return os.path.abspath(name), "local"
+    if name:
+        return name, "hub"
+    return None, "saved"
+
+
+class FunctionStepPRM(nn.Module):
+    """Process reward model for code: backbone (LoRA) + ``head`` Linear(hidden, 1) read at each step marker.
+
+    ``causal_mask`` (encoders only; causal LMs are causal anyway): ``True`` applies a causal attention mask so the
+    score of step k sees the prompt and steps 1..k only - it equals the per-prefix score and cannot peek at later
+    code. ``False`` lets an encoder attend to the whole program, so step k's score also depends on later steps
+    (no longer a prefix score; one-pass != per-prefix).
+    """
+
+    def __init__(self, backbone: nn.Module, tokenizer: Any, prm_config: PRMConfig, head: nn.Linear | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.prm_config = prm_config
+        hidden = backbone.get_input_embeddings().weight.shape[1]
+        self.head = head if head is not None else nn.Linear(hidden, 1)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_backbone(
+        cls,
+        model_or_path: str | PreTrainedModel,
+        tokenizer: Any = None,
+        lora_config: Any = "default",
+        step_token: str = STEP_TOKEN,
+        causal_mask: bool | None = None,
+        aggregation: str = "min",
+        loss_type: str = "bce",
+        label_smoothing: float = 0.0,
+        max_length: int | None = None,
+        attn_implementation: str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> FunctionStepPRM:
+        """Wrap a backbone (Hub id, local path or model object) as a fresh PRM.
+
+        The step marker (and, for whitespace-dropping tokenizers, the whitespace tokens) is added to a copy of the
+        tokenizer, the embeddings are resized and the new rows trained (PEFT ``trainable_token_indices``).
+        ``lora_config``: ``"default"`` (r=8, alpha=16, dropout 0.05 on q/k/v/o), a `peft.LoraConfig`
+        (``target_modules=None`` picks q/k/v/o), or ``None`` to train the whole backbone.
+        ``causal_mask`` defaults to True (see the class docstring).
+        """
+        if isinstance(model_or_path, str):
+            kwargs = {k: v for k, v in (("attn_implementation", attn_implementation), ("dtype", dtype)) if v}
+            body = load_backbone(model_or_path, **kwargs)
+            tokenizer = tokenizer or load_tokenizer(model_or_path)
+        else:
+            body = model_or_path
+            if tokenizer is None:
+                name, _ = _resolve_backbone_id(body)
+                if not name:
+                    raise ValueError("A backbone given as an object built from a config needs its `tokenizer=`.")
+                tokenizer = load_tokenizer(name)
+        if hasattr(body, "peft_config"):
+            raise ValueError("from_backbone takes a plain transformers model; pass the base model, not a PeftModel.")
+        body = getattr(body, "base_model", body)
+        tokenizer = copy.deepcopy(tokenizer)
+        backbone_id, source = _resolve_backbone_id(body)
+        is_causal = is_causal_backbone(body)
+        new_ids = prepare_tokenizer(tokenizer, step_token)
+        if body.get_input_embeddings().weight.shape[0] < len(tokenizer):
+            body.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        limit = getattr(body.config, "max_position_embeddings", None) or 1024
+        if max_length and max_length > limit:
+            logger.warning("max_length=%d exceeds the backbone's %d positions; using %d.", max_length, limit, limit)
+            max_length = limit
+        cfg = PRMConfig(
+            backbone=backbone_id,
+            backbone_source=source,
+            model_type=body.config.model_type,
+            step_token=step_token,
+            new_token_ids=new_ids,
+            backbone_is_causal=is_causal,
+            causal_mask=True if causal_mask is None else bool(causal_mask),
+            lora=lora_config is not None,
+            aggregation=aggregation,
+            loss_type=loss_type,
+            label_smoothing=label_smoothing,
+            max_length=max_length or min(limit, 1024),
+            attn_implementation=body.config._attn_implementation,
+        )
+        if lora_config is not None:
+            from peft import get_peft_model
+
+            lora_config = default_lora_config() if lora_config == "default" else copy.deepcopy(lora_config)
+            if lora_config.target_modules is None:
+                lora_config.target_modules = default_lora_targets(body)
+            extra = lora_config.trainable_token_indices or []
+            lora_config.trainable_token_indices = sorted(set(extra) | set(new_ids))
+            body = get_peft_model(body, lora_config)
+        head = nn.Linear(body.get_input_embeddings().weight.shape[1], 1)
+        return cls(body, tokenizer, cfg, head)
+
+    @classmethod
+    def from_pretrained(
+        cls, path_or_hub_id: str, is_trainable: bool = False, revision: str | None = None, **load_kwargs: Any
+    ) -> FunctionStepPRM:
+        """Load a PRM written by `save_pretrained` from a local directory or a Hub repo."""
+        path = path_or_hub_id
+        if not os.path.isdir(path):
+            from huggingface_hub import snapshot_download
+
+            path = snapshot_download(path_or_hub_id, revision=revision)
+        cfg_file = os.path.join(path, CONFIG_NAME)
+        if not os.path.isfile(cfg_file):
+            raise FileNotFoundError(f"{path_or_hub_id!r} has no {CONFIG_NAME}; it was not saved by FunctionStepPRM.")
+        with open(cfg_file, encoding="utf-8") as f:
+            cfg = PRMConfig.from_dict(json.load(f))
+        if cfg.attn_implementation and "attn_implementation" not in load_kwargs:
+            load_kwargs["attn_implementation"] = cfg.attn_implementation
+        tokenizer = load_tokenizer(path)
+        if cfg.backbone_source == "saved":
+            body = load_backbone(os.path.join(path, BACKBONE_DIR), **load_kwargs)
+        else:
+            body = load_backbone(cfg.backbone, **load_kwargs)
+        if body.get_input_embeddings().weight.shape[0] != len(tokenizer):
+            body.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        if cfg.lora:
+            from peft import PeftModel
+
+            body = PeftModel.from_pretrained(body, path, is_trainable=is_trainable)
+        from safetensors.torch import load_file
+
+        state = load_file(os.path.join(path, HEAD_NAME))
+        head = nn.Linear(state["weight"].shape[1], 1)
+        head.load_state_dict(state)
+        return cls(body, tokenizer, cfg, head)
+
+    # ------------------------------------------------------------------ saving
+    def _base_state_dict(self) -> dict[str, torch.Tensor]:
+        """Backbone weights without adapters, under the plain model's keys (checked against a meta-device copy)."""
+        from transformers import AutoModel
+
+        body = self.backbone.get_base_model() if self.prm_config.lora else self.backbone
+        out = {}
+        for key, value in body.state_dict().items():
+            if any(tag in key for tag in ("lora_", "trainable_tokens_", "modules_to_save")):
+                continue
+            parts = [p for p in key.split(".") if p not in ("base_layer", "token_adapter", "original_module")]
+            out[".".join(parts)] = value.detach().contiguous()
+        with torch.device("meta"):
+            expected = set(AutoModel.from_config(body.config).state_dict())
+        if set(out) != expected:
+            raise RuntimeError(
+                f"Cannot map the adapted backbone back to plain weights (unexpected {sorted(set(out) - expected)[:3]}, "
+                f"missing {sorted(expected - set(out))[:3]}); call merge_and_unload() before saving."
+            )
+        return out
+
+    def save_pretrained(self, save_directory: str, save_backbone: bool | None = None) -> None:
+        """Write adapter (+ trained token rows), ``head.safetensors``, tokenizer and ``prm_config.json``.
+
+        The backbone weights go to ``backbone/`` when they cannot be re-loaded by name (a model built from a
+        config, a merged or fully fine-tuned model) or when ``save_backbone=True``.
+        """
+        from safetensors.torch import save_file
+
+        os.makedirs(save_directory, exist_ok=True)
+        cfg = copy.deepcopy(self.prm_config)
+        if save_backbone is None:
+            save_backbone = cfg.backbone_source == "saved" or not cfg.lora
+        if save_backbone:
+            base = self.backbone.get_base_model() if cfg.lora else self.backbone
+            bdir = os.path.join(save_directory, BACKBONE_DIR)
+            base.config.save_pretrained(bdir)
+            save_file(self._base_state_dict(), os.path.join(bdir, "model.safetensors"), metadata={"format": "pt"})
+            cfg.backbone_source = "saved"
+        if cfg.lora:
+            self.backbone.save_pretrained(save_directory)
+        save_file({k: v.detach().contiguous() for k, v in self.head.state_dict().items()},
+                  os.path.join(save_directory, HEAD_NAME))
+        self.tokenizer.save_pretrained(save_directory)
+        with open(os.path.join(save_directory, CONFIG_NAME), "w", encoding="utf-8") as f:
+            json.dump(asdict(cfg), f, indent=2, sort_keys=True)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str = "Upload FunctionStepPRM",
+        model_card: str | None = None,
+        revision: str | None = None,
+    ) -> Any:
+        """Save to a temporary folder and upload it (``create_repo`` + ``upload_folder``).
+
+        ``model_card`` (markdown, e.g. from the trainer's card helper) is written as the repo's README.md.
+        """
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            if model_card is not None:
+                with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
+                    f.write(model_card)
+            return api.upload_folder(
+                repo_id=repo_id, folder_path=tmp, commit_message=commit_message, revision=revision
+            )
+
+    def merge_and_unload(self) -> FunctionStepPRM:
+        """Fold LoRA and the trained token rows into the backbone (for release); saving then writes full weights."""
+        if self.prm_config.lora:
+            self.backbone = self.backbone.merge_and_unload()
+            self.prm_config.lora = False
+            self.prm_config.backbone_source = "saved"
+        return self
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Activation checkpointing in the backbone (what `transformers.Trainer` calls)."""
+        base = self.backbone.get_base_model() if self.prm_config.lora else self.backbone
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+        if self.prm_config.lora:
+            base.enable_input_require_grads()
+
+    # ------------------------------------------------------------------ forward
+    def _attention_mask(self, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if self.prm_config.backbone_is_causal or not self.prm_config.causal_mask:
+            return attention_mask
+        t = attention_mask.shape[-1]
+        causal = torch.ones(t, t, dtype=torch.bool, device=attention_mask.device).tril()
+        allowed = causal[None, None] & attention_mask[:, None, None, :].bool()
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        step_positions: torch.Tensor,
+        step_labels: torch.Tensor | None = None,
+        **_: Any,
+    ) -> PRMOutput:
+        """Step logits (B, S) read at ``step_positions`` (-100 = no step); BCE/MSE loss when labels are given."""
+        valid = step_positions != IGNORE_INDEX
+        if input_ids.shape[0] == 0:
+            logits = self.head.weight.sum() * 0 + torch.zeros(step_positions.shape, device=input_ids.device)
+            return PRMOutput(loss=logits.sum() if step_labels is not None else None, step_logits=logits)
+        dtype = self.backbone.get_input_embeddings().weight.dtype
+        out = self.backbone(
+            input_ids=input_ids, attention_mask=self._attention_mask(attention_mask, dtype), use_cache=False
+        )
+        hidden = out.last_hidden_state
+        idx = step_positions.clamp(min=0)
+        picked = hidden.gather(1, idx.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        logits = self.head(picked.to(self.head.weight.dtype)).squeeze(-1)
+        logits = torch.where(valid, logits, torch.zeros_like(logits))
+        loss = None
+        if step_labels is not None:
+            mask = valid & (step_labels != IGNORE_INDEX)
+            loss = step_loss(
+                logits,
+                step_labels.to(logits.dtype),
+                mask,
+                self.prm_config.loss_type,
+                self.prm_config.label_smoothing,
+            )
+        return PRMOutput(loss=loss, step_logits=logits)
+
+    # ------------------------------------------------------------------ inference
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    def collator(self, max_length: int | None = None, **kwargs: Any) -> ChainOfFunctionCollator:
+        """A `ChainOfFunctionCollator` matching this PRM's tokenizer, step token and max length."""
+        return ChainOfFunctionCollator(
+            self.tokenizer, max_length or self.prm_config.max_length, self.prm_config.step_token, **kwargs
+        )
+
+    def _steps(self, item: Any, splitter: Callable | None) -> list[str]:
+        return list(item) if isinstance(item, (list, tuple)) else code_to_steps(item, splitter)
+
+    @torch.no_grad()
+    def score_batch(
+        self,
+        pairs: Sequence[tuple[str, Any]],
+        batch_size: int = 8,
+        progress: bool = True,
+        splitter: Callable | None = None,
+        mode: Literal["one_pass", "per_prefix"] = "one_pass",
+        overflow: Literal["nan", "error"] = "nan",
+    ) -> list[StepScores]:
+        """Score ``(prompt, code)`` pairs (code may also be a list of step texts), one forward pass per candidate.
+
+        ``mode="per_prefix"`` is the paper's reference (one pass per prefix, the score of step k read at the end
+        of prefix k): K times the work, kept for tests and benchmarks. A candidate whose code alone exceeds
+        ``prm_config.max_length`` tokens gets NaN scores (counted in a warning; rank it last) with
+        ``overflow="nan"``, or raises ``ValueError`` with ``overflow="error"``. Code is never cut.
+        """
+        from tqdm.auto import tqdm
+
+        if overflow not in ("nan", "error"):
+            raise ValueError(f"overflow={overflow!r}; use 'nan' or 'error'.")
+        was_training = self.training
+        self.eval()
+        collate = self.collator()
+        items = [(p, self._steps(c, splitter)) for p, c in pairs]
+        rows, owner, too_long = [], [], set()
+        for i, (prompt, steps) in enumerate(items):
+            prefixes = [steps[: k + 1] for k in range(len(steps))] if mode == "per_prefix" else [steps]
+            encs = [collate.encode_row({"prompt": prompt, "steps": pre}) for pre in prefixes]
+            if any(e is None for e in encs):
+                if overflow == "error":
+                    raise ValueError(
+                        f"Candidate {i} needs more than max_length={self.prm_config.max_length} tokens for its code "
+                        "alone; raise `prm.prm_config.max_length` (the backbone allows "
+                        f"{getattr(self.backbone.config, 'max_position_embeddings', '?')}) or pass overflow='nan'."
+                    )
+                too_long.add(i)
+                continue
+            rows.extend(encs)
+            owner.extend([i] * len(encs))
+        if too_long:
+            logger.warning(
+                "%d of %d candidates exceed max_length=%d tokens for their code alone; they score NaN.",
+                len(too_long), len(items), self.prm_config.max_length,
+            )
+        order = sorted(range(len(rows)), key=lambda j: len(rows[j].input_ids))
+        probs_of: dict[int, list[float]] = {}
+        try:
+            for start in tqdm(range(0, len(order), batch_size), disable=not progress, desc="PRM scoring"):
+                chunk = order[start : start + batch_size]
+                batch = collate.pad([rows[j] for j in chunk])
+                batch = {k: v.to(self.device) for k, v in batch.items() if k != "step_labels"}
+                out = torch.sigmoid(self(**batch).step_logits.float()).cpu()
+                for b, j in enumerate(chunk):
+                    probs_of[j] = out[b, : len(rows[j].step_positions)].tolist()
+        finally:
+            self.train(was_training)
+        per_item: list[list[float]] = [[] for _ in items]
+        for j, i in enumerate(owner):
+            per_item[i].extend(probs_of[j][-1:] if mode == "per_prefix" else probs_of[j])
+        for i in too_long:
+            per_item[i] = [math.nan] * len(items[i][1])
+        agg = self.prm_config.aggregation
+        return [
+            StepScores(steps, probs, agg) for (_, steps), probs in zip(items, per_item)
+        ]
+
+    def score(self, prompt: str, code: str | Sequence[str], splitter: Callable | None = None) -> StepScores:
+        """Per-step scores of one candidate (``code`` split by ``splitter``, default `steps.split_steps`).
+
+        Raises ``ValueError`` if the code alone exceeds ``prm_config.max_length`` tokens."""
+        return self.score_batch([(prompt, code)], batch_size=1, progress=False, splitter=splitter, overflow="error")[0]
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
