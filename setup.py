@@ -14,9 +14,11 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11",
-    packages=find_packages(include=["dreamprm_trl", "dreamprm_trl.*"]),
+    # model_cards/ (the card templates) ships inside the package as dreamprm_trl/templates.
+    packages=find_packages(include=["dreamprm_trl", "dreamprm_trl.*"]) + ["dreamprm_trl.templates"],
+    package_dir={"dreamprm_trl.templates": "model_cards"},
     include_package_data=True,
-    package_data={"dreamprm_trl": ["data/*", "data/**/*", "metric/*", "templates/*"]},
+    package_data={"dreamprm_trl": ["data/*", "data/**/*", "metric/*"], "dreamprm_trl.templates": ["*.md"]},
     install_requires=[
         "torch>=2.4,<3",
         "transformers>=5",

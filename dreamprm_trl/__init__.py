@@ -15,27 +15,48 @@ _EXPORTS = {
     "SandboxedExecutor": "execution",
     "execute": "execution",
     "execute_many": "execution",
+    "isolation": "execution",
     "Problem": "tasks",
+    "load_humaneval": "tasks",
+    "load_mbpp": "tasks",
+    "load_classeval": "tasks",
+    "load_livecodebench": "tasks",
+    "problems_to_dataset": "tasks",
+    "problems_from_dataset": "tasks",
     "Step": "steps",
     "split_steps": "steps",
     "split_lines": "steps",
+    "split_program": "steps",
     "step_prefixes": "steps",
     "chain_of_function_prompt": "steps",
     "extract_code": "steps",
+    "COF_TEMPLATE_VERSION": "steps",
+    "Generator": "generation",
     "PoolGenerator": "generation",
     "TransformersGenerator": "generation",
     "OpenAICompatibleGenerator": "generation",
+    "make_generator": "generation",
     "label_final": "labeling",
     "label_steps": "labeling",
+    "step_ground_truth": "labeling",
     "ChainOfFunctionCollator": "collator",
     "FunctionStepPRM": "modeling",
     "StepScores": "modeling",
+    "PRMOutput": "modeling",
+    "aggregate_scores": "modeling",
+    "step_loss": "modeling",
     "rerank_metrics": "metrics",
+    "pass_at_k": "metrics",
+    "scaling_curve": "metrics",
     "PASS_AT_1_RERANK": "metrics",
     "FunctionStepPRMConfig": "config",
     "FunctionStepPRMTrainer": "trainer",
+    "Ranked": "rerank",
     "rerank": "rerank",
+    "rerank_many": "rerank",
     "best_of_n": "rerank",
+    "ExperimentArguments": "experiment",
+    "run_experiment": "experiment",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -53,10 +74,29 @@ def __dir__() -> list[str]:
     return sorted(list(globals()) + __all__)
 
 
-if TYPE_CHECKING:  # pragma: no cover
+# `rerank` names both a submodule and its main function: import it now (it is light) so that the function, not
+# the module, is what `from dreamprm_trl import rerank` returns whatever was imported before.
+from .rerank import rerank  # noqa: E402
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from .execution import ExecutionResult, SandboxedExecutor, TestSuite, execute, execute_many, isolation
+    from .tasks import (
+        Problem, load_classeval, load_humaneval, load_livecodebench, load_mbpp, problems_from_dataset,
+        problems_to_dataset,
+    )
+    from .steps import (
+        COF_TEMPLATE_VERSION, Step, chain_of_function_prompt, extract_code, split_lines, split_program,
+        split_steps, step_prefixes,
+    )
+    from .generation import (
+        Generator, OpenAICompatibleGenerator, PoolGenerator, TransformersGenerator, make_generator,
+    )
+    from .labeling import label_final, label_steps, step_ground_truth
     from .collator import ChainOfFunctionCollator
+    from .modeling import FunctionStepPRM, PRMOutput, StepScores, aggregate_scores, step_loss
+    from .metrics import PASS_AT_1_RERANK, pass_at_k, rerank_metrics, scaling_curve
     from .config import FunctionStepPRMConfig
-    from .execution import ExecutionResult, SandboxedExecutor, TestSuite, execute, execute_many
-    from .modeling import FunctionStepPRM, StepScores
-    from .steps import Step, split_steps
     from .trainer import FunctionStepPRMTrainer
+    from .rerank import Ranked, best_of_n, rerank, rerank_many
+    from .experiment import ExperimentArguments, run_experiment

@@ -144,3 +144,10 @@ class FunctionStepPRMConfig(TrainingArguments):
                 raise ValueError(
                     f"FunctionStepPRMConfig.{name}={getattr(self, name)!r} is invalid; set it to {expected}."
                 )
+
+    def lora_config(self):
+        """The `peft.LoraConfig` of the ``lora_*`` fields (``target_modules=None``: the backbone's q/k/v/o)."""
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                          target_modules=self.lora_target_modules, bias="none")

@@ -549,6 +549,21 @@ class FunctionStepPRM(nn.Module):
         Raises ``ValueError`` if the code alone exceeds ``prm_config.max_length`` tokens."""
         return self.score_batch([(prompt, code)], batch_size=1, progress=False, splitter=splitter, overflow="error")[0]
 
+    def program_scores(
+        self,
+        pairs: Sequence[tuple[str, Any]],
+        aggregation: str | None = None,
+        batch_size: int = 8,
+        progress: bool = True,
+        splitter: Callable | None = None,
+    ) -> list[float]:
+        """One score per ``(prompt, code)`` candidate for ranking: its step scores aggregated with ``aggregation``
+        (default ``prm_config.aggregation``); a candidate too long to score ranks last (``-inf``)."""
+        scored = self.score_batch(pairs, batch_size=batch_size, progress=progress, splitter=splitter)
+        values = [s.aggregate(aggregation) for s in scored]
+        return [-math.inf if math.isnan(v) else v for v in values]
+
     def num_trainable_parameters(self) -> int:
+        """Parameters that training updates (LoRA, head, step-marker rows)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 

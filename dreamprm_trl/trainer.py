@@ -149,12 +149,7 @@ class FunctionStepPRMTrainer(Trainer):
     def _build_model(model: Any, args: FunctionStepPRMConfig, peft_config: Any) -> FunctionStepPRM:
         if isinstance(model, str):
             if peft_config is None:
-                from peft import LoraConfig
-
-                peft_config = LoraConfig(
-                    r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                    target_modules=args.lora_target_modules, bias="none",
-                )
+                peft_config = args.lora_config()
             model = FunctionStepPRM.from_backbone(
                 model, lora_config=peft_config, step_token=args.step_token, max_length=args.max_length
             )
@@ -173,6 +168,10 @@ class FunctionStepPRMTrainer(Trainer):
                 f"The PRM uses step_token={model.prm_config.step_token!r} but args.step_token={args.step_token!r}; "
                 "set FunctionStepPRMConfig.step_token to the PRM's."
             )
+        limit = getattr(model.backbone.config, "max_position_embeddings", None)
+        if limit and args.max_length > limit:
+            logger.warning("max_length=%d exceeds the backbone's %d positions; using %d.", args.max_length, limit, limit)
+            args.max_length = limit
         cfg = model.prm_config
         cfg.loss_type, cfg.label_smoothing = args.label_loss, args.label_smoothing
         cfg.aggregation, cfg.max_length = args.score_aggregation, args.max_length
@@ -479,15 +478,15 @@ class FunctionStepPRMTrainer(Trainer):
         mine = list(range(rank, len(dataset), world))
         rows = [dataset[i] for i in mine]
         pairs = [(r.get("prompt") or "", r["steps"] if r.get("steps") is not None else r["code"]) for r in rows]
-        scored = prm.score_batch(pairs, batch_size=self.args.per_device_eval_batch_size,
-                                 progress=self.is_local_process_zero() and not self.args.disable_tqdm)
-        local = [(i, s.aggregate(self.args.score_aggregation)) for i, s in zip(mine, scored)]
+        scores = prm.program_scores(pairs, self.args.score_aggregation, self.args.per_device_eval_batch_size,
+                                    progress=self.is_local_process_zero() and not self.args.disable_tqdm)
+        local = list(zip(mine, scores))
         by_index = dict(gather_object(local) if world > 1 else local)
         groups: dict[Any, tuple[list[float], list[bool]]] = {}
         for i, (task, passed) in enumerate(zip(dataset["task_id"], dataset["passed"])):
             score = by_index[i]
             s, p = groups.setdefault(task, ([], []))
-            s.append(-math.inf if math.isnan(score) else score)
+            s.append(score)
             p.append(bool(passed))
         out = rerank_metrics([g[0] for g in groups.values()], [g[1] for g in groups.values()])
         return {k: float(v) for k, v in out.items() if isinstance(v, (int, float))}

@@ -1,6 +1,6 @@
 """Pytest fixture pointing ``huggingface_hub`` at a local fake Hub over real HTTP (no client mocking).
 
-Use with ``from hub_fixtures import local_hub  # noqa: F401`` in a test module. ``huggingface_hub`` reads
+Registered for every test module by ``pytest_plugins`` in ``conftest.py``. ``huggingface_hub`` reads
 ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and the cache location into ``huggingface_hub.constants`` at import time, so
 setting the environment is not enough inside an already running interpreter: the fixture patches those constants
 *and* the environment (for subprocesses and libraries that read the variables directly, e.g. PEFT), and restores

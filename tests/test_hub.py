@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
-from hub_fixtures import TOKEN, local_hub  # noqa: F401
+from hub_fixtures import TOKEN
 
 
 def make_folder(root: Path) -> dict[str, bytes]:

@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 
-from hub_fixtures import local_hub  # noqa: F401
 
 from dreamprm_trl.backbones import load_minilm, tiny_causal_backbone, train_bytelevel_tokenizer
 from dreamprm_trl.modeling import FunctionStepPRM, PRMOutput, StepScores, aggregate_scores, step_loss

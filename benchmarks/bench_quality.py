@@ -1,0 +1,64 @@
+"""Reranking quality on held-out problems: the results table (JSON + Markdown) and the test-time scaling plot.
+
+    python benchmarks/bench_quality.py                      # the embedded default, as examples/train.py
+    python benchmarks/bench_quality.py --backbone minilm    # any ExperimentArguments / FunctionStepPRMConfig flag
+
+Writes benchmarks/results/quality.{json,md} and benchmarks/results/quality_scaling.png: reranked pass@1 against the
+number of candidates N (exact expectation over all size-N subsets of each problem's pool).
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from trl import TrlParser
+
+from dreamprm_trl import FunctionStepPRMConfig
+from dreamprm_trl.experiment import DEMO_TRAINING_DEFAULTS, ExperimentArguments, format_table, run_experiment
+
+RESULTS = Path(__file__).parent / "results"
+CURVES = {"random": "random pick", "orm": "ORM", "function": "PRM (function-as-step)",
+          "dreamprm": "DreamPRM-Code", "public_random": "public tests + random pick",
+          "public_dreamprm": "public tests + DreamPRM-Code"}
+
+
+def plot(curves: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in CURVES.items():
+        if key in curves:
+            c = curves[key]
+            values = c["mean_pass@1"] if key == "random" else c["reranked_pass@1"]
+            ax.plot(c["n"], values, marker="o", label=label)
+    any_curve = next(iter(curves.values()))
+    ax.plot(any_curve["n"], any_curve["oracle_pass@N"], marker="o", linestyle="--", color="gray", label="oracle pass@N")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("candidates per problem (N)")
+    ax.set_ylabel("pass@1 of the pick")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = TrlParser((ExperimentArguments, FunctionStepPRMConfig))
+    parser.set_defaults(**DEMO_TRAINING_DEFAULTS, results_dir=str(RESULTS / "quality_run"))
+    experiment_args, training_args = parser.parse_args_and_config()
+    out = run_experiment(experiment_args, training_args)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out["command"] = "python benchmarks/bench_quality.py " + " ".join(sys.argv[1:])
+    (RESULTS / "quality.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    table = format_table(out["table"], out["title"], out["comparisons"])
+    (RESULTS / "quality.md").write_text(f"Command: `{out['command'].strip()}`\n\n{table}\n")
+    plot(out["curves"], RESULTS / "quality_scaling.png", out["title"].strip())
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Train a DreamPRM-Code process reward model and print the test-time-scaling table.
+
+With no arguments (offline, CPU, minutes): bundled HumanEval problems with CodeGen-16B candidates, Monte-Carlo step
+labels from the candidate pool, a split by problem, every PRM variant trained and evaluated on the held-out problems:
+
+    accelerate launch examples/train.py
+
+On a GPU machine, the same script trains on a Hub backbone and your own data:
+
+    accelerate launch examples/train.py --backbone Qwen/Qwen2.5-Coder-3B-Instruct \
+        --problems problems.jsonl --candidates candidates.jsonl --methods dreamprm \
+        --bf16 --per_device_train_batch_size 4 --push_to_hub --hub_model_id you/dreamprm-code
+
+Every flag of `ExperimentArguments` and `FunctionStepPRMConfig` is accepted, and `--config run.yaml` reads them
+from a YAML file.
+"""
+
+from trl import TrlParser
+
+from dreamprm_trl import FunctionStepPRMConfig
+from dreamprm_trl.experiment import DEMO_TRAINING_DEFAULTS, ExperimentArguments, format_table, run_experiment
+
+
+def main() -> None:
+    parser = TrlParser((ExperimentArguments, FunctionStepPRMConfig))
+    parser.set_defaults(**DEMO_TRAINING_DEFAULTS)
+    experiment_args, training_args = parser.parse_args_and_config()
+    results = run_experiment(experiment_args, training_args)
+    if training_args.process_index == 0:
+        print(format_table(results["table"], results["title"], results["comparisons"]))
+
+
+if __name__ == "__main__":
+    main()
