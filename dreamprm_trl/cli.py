@@ -22,13 +22,20 @@ def _add_labeling_args(p: argparse.ArgumentParser) -> None:
                    help="Dataset directory (save_to_disk); OUTPUT_DIR.jsonl and OUTPUT_DIR.stats.json go beside it.")
     p.add_argument("--shard", default="0/1", help="Label only shard i of n ('i/n'); deterministic by content.")
     p.add_argument("--cache_dir", default=None, help="Resumable on-disk cache; rerun the same command to resume.")
-    p.add_argument("--timeout", type=float, default=6.0, help="Seconds per program.")
-    p.add_argument("--memory_mb", type=int, default=1024, help="Memory limit per program (MiB).")
+    _add_sandbox_args(p)
+    p.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="Also push the dataset to this Hub repo.")
+    p.add_argument("--no_progress", action="store_true", help="Hide progress bars.")
+
+
+def _add_sandbox_args(p: argparse.ArgumentParser) -> None:
+    """The sandbox flags shared by every command that runs programs (defaults: `execution`'s)."""
+    from .execution import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT
+
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="Seconds per test case.")
+    p.add_argument("--memory_mb", type=int, default=DEFAULT_MEMORY_MB, help="Memory limit per program (MiB).")
     p.add_argument("--workers", type=int, default=None, help="Parallel programs (default: CPU count).")
     p.add_argument("--allow_code_execution", action="store_true",
                    help="Run the (untrusted) programs in the sandbox; same as setting HF_ALLOW_CODE_EVAL=1.")
-    p.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="Also push the dataset to this Hub repo.")
-    p.add_argument("--no_progress", action="store_true", help="Hide progress bars.")
 
 
 def _executor(args: argparse.Namespace):
@@ -124,9 +131,7 @@ def add_rerank_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--public_tests", action="store_true",
                    help="Hybrid: candidates failing the problem's public tests rank last.")
     p.add_argument("--batch_size", type=int, default=8, help="Candidates per forward pass.")
-    p.add_argument("--timeout", type=float, default=6.0, help="Seconds per program (public tests).")
-    p.add_argument("--memory_mb", type=int, default=1024, help="Memory limit per program (MiB).")
-    p.add_argument("--workers", type=int, default=None, help="Parallel programs (default: CPU count).")
+    _add_sandbox_args(p)
     p.add_argument("--no_progress", action="store_true", help="Hide progress bars.")
     p.set_defaults(func=_rerank)
 
@@ -135,6 +140,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_label_comman
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``dreamprm-code`` parser with every command of `COMMANDS`."""
     parser = argparse.ArgumentParser(prog="dreamprm-code", description="DreamPRM-Code: process reward models for code.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
@@ -143,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dreamprm-code`` console script."""
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -105,6 +105,14 @@ def _map_whitespace(text: str, at_line_start: bool) -> tuple[str, bool]:
     return "".join(out), at_line_start
 
 
+def effective_prompt(prompt: str, steps: Sequence[str]) -> str:
+    """The prompt the PRM reads before ``steps``: empty when the program already starts with it (HumanEval-style
+    problems, whose statement is the function's signature and docstring), so the statement is not read twice.
+
+    Decide it on the *whole* program, then reuse it for its prefixes, so per-prefix scores stay exact."""
+    return "" if prompt and "".join(steps).startswith(prompt) else prompt
+
+
 def format_steps(
     prompt: str, steps: Sequence[str], step_token: str = STEP_TOKEN, whitespace_tokens: bool = False
 ) -> tuple[str, int]:
@@ -232,7 +240,9 @@ class ChainOfFunctionCollator:
             if "code" not in row:
                 raise ValueError(f"Row needs 'steps' (list[str]) or 'code' (str); got keys {sorted(row)}.")
             steps = code_to_steps(row["code"], self.splitter)
-        return encode_steps(self.tokenizer, row.get("prompt") or "", list(steps), self.step_token, self.max_length)
+        steps = list(steps)
+        prompt = effective_prompt(row.get("prompt") or "", steps)
+        return encode_steps(self.tokenizer, prompt, steps, self.step_token, self.max_length)
 
     def _labels(self, row: dict, n_steps: int, index: int) -> list[float]:
         key = self.label_key or next((k for k in ("labels", "mc_labels") if k in row), None)

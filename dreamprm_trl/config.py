@@ -6,10 +6,12 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .collator import STEP_TOKEN
+from .modeling import AGGREGATIONS
+from .modeling import LOSS_TYPES as LABEL_LOSSES
+
 META_METHODS = ("label_correction", "sample_reweighting", "none")
 HYPERGRADIENTS = ("darts", "exact")
-LABEL_LOSSES = ("bce", "mse")
-AGGREGATIONS = ("min", "mean", "last", "prod", "logodds")
 
 
 @dataclass
@@ -71,7 +73,7 @@ class FunctionStepPRMConfig(TrainingArguments):
     # Data and model input
     max_length: int = field(default=1024, metadata={"help": "Token budget per row; prompt truncated from the left."})
     step_token: str = field(
-        default="<|step|>", metadata={"help": "Special token closing every step; the head reads it."}
+        default=STEP_TOKEN, metadata={"help": "Special token closing every step; the head reads it."}
     )
     label_key: str | None = field(
         default=None, metadata={"help": "Column of soft step labels; None tries 'labels' then 'mc_labels'."}

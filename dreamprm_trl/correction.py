@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-LOSS_TYPES = ("bce", "mse")
+from .modeling import LOSS_TYPES, smoothed_targets
 
 
 def label_logits(labels: Tensor, clip: float = 0.02) -> Tensor:
@@ -35,11 +35,6 @@ def label_logits(labels: Tensor, clip: float = 0.02) -> Tensor:
     if not 0.0 < clip < 0.5:
         raise ValueError(f"label clip must be in (0, 0.5), got {clip}; use e.g. 0.02.")
     return torch.logit(labels.clamp(clip, 1.0 - clip))
-
-
-def smoothed_targets(labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
-    """``t = y (1 - s) + s / 2``: label smoothing towards 0.5, the convention of ``modeling.step_loss``."""
-    return labels * (1.0 - label_smoothing) + 0.5 * label_smoothing
 
 
 def label_loss_grad(logits: Tensor, labels: Tensor, loss_type: str = "bce", label_smoothing: float = 0.0) -> Tensor:

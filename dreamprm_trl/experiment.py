@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 from .config import FunctionStepPRMConfig
 from .execution import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, SandboxedExecutor
 from .generation import PoolGenerator, make_generator
-from .labeling import label_final, label_steps, load_candidates, load_problems
+from .labeling import BUNDLED, label_final, label_steps, load_candidates, load_problems
 from .metrics import bootstrap_ci, per_problem_reranked, rerank_metrics, scaling_curve
 from .modeling import FunctionStepPRM
 from .rerank import Ranked, ranking_values
@@ -83,9 +83,9 @@ DEMO_TRAINING_DEFAULTS: dict[str, Any] = {
     "logging_steps": 20,
     "save_strategy": "no",
     "report_to": "none",
-    "meta_batch_size": 16,
+    "meta_batch_size": 8,
     "meta_warmup_steps": 10,
-    "meta_interval": 2,
+    "meta_interval": 4,
     "seed": 0,
 }
 
@@ -136,9 +136,10 @@ class ExperimentArguments:
         default=2, metadata={"help": "Candidates per training problem labelled line by line (the costliest labels)."}
     )
     rollout_temperature: float = field(default=0.3, metadata={"help": "Sampling temperature of rollouts (paper: 0.3)."})
-    allow_code_execution: bool = field(
-        default=False,
-        metadata={"help": "Run model-written programs in the sandbox (or set HF_ALLOW_CODE_EVAL=1); required."},
+    allow_code_execution: bool | None = field(
+        default=None,
+        metadata={"help": "Run model-written programs in the sandbox (or set HF_ALLOW_CODE_EVAL=1). Default: allowed "
+                          "for the candidates shipped with the package, required for any other candidates."},
     )
     exec_timeout: float = field(default=DEFAULT_TIMEOUT, metadata={"help": "Seconds per test case in the sandbox."})
     exec_memory_mb: int = field(default=DEFAULT_MEMORY_MB, metadata={"help": "Memory limit per program (MiB)."})
@@ -176,6 +177,14 @@ def _load(args: ExperimentArguments) -> tuple[list[Problem], dict[str, list[str]
         logger.warning("%d problems have fewer than 2 candidates and are left out: %s", len(missing), missing[:5])
     problems = [p for p in problems if p.task_id not in set(missing)]
     return problems, {p.task_id: pool[p.task_id][: args.pool_size] for p in problems}
+
+
+def _execution_allowed(args: ExperimentArguments) -> bool:
+    """Opt-in rule: the bundled candidates (shipped and run by this project's tests) may run by default; anything
+    else needs ``--allow_code_execution`` or ``HF_ALLOW_CODE_EVAL=1`` (checked by the executor)."""
+    if args.allow_code_execution is not None:
+        return args.allow_code_execution
+    return args.candidates in BUNDLED and args.generator == "pool"
 
 
 def _generator(args: ExperimentArguments, pool: dict[str, list[str]], splitter: Callable) -> Any:
@@ -314,7 +323,7 @@ def run_experiment(args: ExperimentArguments, config: FunctionStepPRMConfig) -> 
     if args.dev_split:
         train_ids, eval_ids = split_problems(train_ids, args.eval_fraction, args.split_seed + 1)
     executor = SandboxedExecutor(timeout=args.exec_timeout, memory_mb=args.exec_memory_mb, workers=args.exec_workers,
-                                 allow_code_execution=args.allow_code_execution)
+                                 allow_code_execution=_execution_allowed(args))
     with config.main_process_first(desc="labelling"):  # the main process fills the cache, the others read it
         data = build_datasets(args, problems, pool, train_ids, executor, set(names))
 

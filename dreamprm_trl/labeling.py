@@ -106,7 +106,7 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _read_records(path: Path) -> tuple[list[dict[str, Any]], int]:
+def _read_cache_file(path: Path) -> tuple[list[dict[str, Any]], int]:
     """Complete records of one cache file and the byte length of its valid part (a torn last line is dropped)."""
     data = path.read_bytes()
     records, good = [], 0
@@ -144,7 +144,7 @@ class LabelCache:
         self.path = self.dir / f"labels-{shard[0]:05d}-of-{shard[1]:05d}.jsonl"
         self.records: dict[str, dict[str, Any]] = {}
         for path in sorted(self.dir.glob("*.jsonl")):
-            records, good = _read_records(path)
+            records, good = _read_cache_file(path)
             for rec in records:
                 self.records[rec["key"]] = rec
             if path == self.path and good < path.stat().st_size:
@@ -583,25 +583,7 @@ def load_problems(spec: str) -> list[Problem]:
         return tasks.problems_from_dataset(load_from_disk(str(path)))
     if not path.is_file():
         raise FileNotFoundError(f"Problems {spec!r}: not one of {BUNDLED} and no such file or directory.")
-    return tasks.problems_from_dataset(_read_json_rows(path))
-
-
-def _read_json_rows(path: Path) -> list[dict[str, Any]]:
-    import gzip
-
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        text = fh.read()
-    if text.lstrip().startswith("["):
-        return json.loads(text)
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except ValueError as err:
-                raise ValueError(f"{path}:{lineno}: not a JSON line ({err}).") from None
-    return rows
+    return tasks.problems_from_dataset(tasks.read_rows(path))
 
 
 def load_candidates(spec: str | os.PathLike, problems: Iterable[Problem] | None = None) -> dict[str, list[str]]:
@@ -622,7 +604,7 @@ def load_candidates(spec: str | os.PathLike, problems: Iterable[Problem] | None 
         rows = [{"task_id": t, "completion": c} for t, cs in tasks.load_bundled_humaneval_candidates().items()
                 for c in cs]
     else:
-        rows = _read_json_rows(Path(spec))
+        rows = tasks.read_rows(Path(spec))
     out: dict[str, list[str]] = {}
     for lineno, row in enumerate(rows, 1):
         task_id = row.get("task_id")

@@ -23,7 +23,9 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .backbones import MINILM_ID, is_causal_backbone, load_backbone, load_tokenizer
-from .collator import IGNORE_INDEX, STEP_TOKEN, ChainOfFunctionCollator, code_to_steps, prepare_tokenizer
+from .collator import (
+    IGNORE_INDEX, STEP_TOKEN, ChainOfFunctionCollator, code_to_steps, effective_prompt, prepare_tokenizer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ CONFIG_NAME = "prm_config.json"
 HEAD_NAME = "head.safetensors"
 BACKBONE_DIR = "backbone"
 AGGREGATIONS = ("min", "mean", "last", "prod", "logodds")
+LOSS_TYPES = ("bce", "mse")
 _EPS = 1e-6
 
 
@@ -73,6 +76,12 @@ def aggregate_scores(
     return float(out) if as_float else out
 
 
+def smoothed_targets(labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """``t = y (1 - s) + s / 2``: label smoothing towards 0.5 (the one definition; the loss and its label
+    gradient in `correction` both use it)."""
+    return labels * (1.0 - label_smoothing) + 0.5 * label_smoothing
+
+
 def step_loss(
     step_logits: torch.Tensor,
     labels: torch.Tensor,
@@ -93,13 +102,13 @@ def step_loss(
     mask = mask.bool()
     y = torch.where(mask, labels, torch.zeros_like(labels)).to(step_logits.dtype)
     if label_smoothing:
-        y = y * (1 - label_smoothing) + label_smoothing / 2
+        y = smoothed_targets(y, label_smoothing)
     if loss_type == "bce":
         per = F.softplus(step_logits) - y * step_logits
     elif loss_type == "mse":
         per = (torch.sigmoid(step_logits) - y) ** 2
     else:
-        raise ValueError(f"loss_type={loss_type!r}; use 'bce' or 'mse'.")
+        raise ValueError(f"loss_type={loss_type!r}; use one of {LOSS_TYPES}.")
     per = torch.where(mask, per, torch.zeros_like(per))
     if reduction == "none":
         return per
@@ -501,6 +510,7 @@ class FunctionStepPRM(nn.Module):
         self.eval()
         collate = self.collator()
         items = [(p, self._steps(c, splitter)) for p, c in pairs]
+        items = [(effective_prompt(p, steps), steps) for p, steps in items]
         rows, owner, too_long = [], [], set()
         for i, (prompt, steps) in enumerate(items):
             prefixes = [steps[: k + 1] for k in range(len(steps))] if mode == "per_prefix" else [steps]

@@ -194,7 +194,8 @@ def _candidate_rows(spec: Any, problems: Sequence[Any]) -> dict[str, list[dict]]
     """
     from pathlib import Path
 
-    from .labeling import _read_json_rows, load_candidates
+    from .labeling import load_candidates
+    from .tasks import read_rows
 
     codes = load_candidates(spec, problems)
     if spec == "humaneval":
@@ -204,7 +205,7 @@ def _candidate_rows(spec: Any, problems: Sequence[Any]) -> dict[str, list[dict]]
         extras = {t: [{"sample_idx": i, "passed": p} for i, p in enumerate(labels[t])] for t in codes}
     elif isinstance(spec, (str, os.PathLike)) and Path(spec).is_file():
         extras = {}
-        for row in _read_json_rows(Path(spec)):
+        for row in read_rows(spec):
             rest = {k: v for k, v in row.items() if k not in ("code", "completion")}
             extras.setdefault(row["task_id"], []).append(rest)
     else:

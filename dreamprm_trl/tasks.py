@@ -196,8 +196,10 @@ def _suite_field(row: Mapping, key: str, where: str) -> TestSuite | None:
         raise ValueError(f"{where}: field {key!r} is not a TestSuite dict ({err})") from None
 
 
-def _read_records(path: str | os.PathLike) -> list[dict]:
-    """Rows of a .jsonl / .json file (optionally .gz); a .json file holds a list of rows."""
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    """Rows of a JSON Lines or JSON file (optionally .gz): the one reader of the project's row files.
+
+    A ``.json`` file, or any file whose text starts with ``[``, holds a list of rows (or ``{"data": [...]}``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such data file: {path}")
@@ -205,7 +207,7 @@ def _read_records(path: str | os.PathLike) -> list[dict]:
     with opener(path, "rt", encoding="utf-8") as f:
         text = f.read()
     stem = path.name[: -len(".gz")] if path.suffix == ".gz" else path.name
-    if stem.endswith(".json"):
+    if stem.endswith(".json") or text.lstrip().startswith("["):
         data = json.loads(text)
         if isinstance(data, dict) and "data" in data:
             data = data["data"]
@@ -322,7 +324,7 @@ def load_humaneval(path: str | os.PathLike | None = None) -> list[Problem]:
     """
     path = Path(path) if path is not None else _humaneval_data_path()
     problems = []
-    for i, row in enumerate(_read_records(path)):
+    for i, row in enumerate(read_rows(path)):
         where = f"{path} row {i} (task_id={row.get('task_id')!r})"
         prompt, entry = _need_str(row, "prompt", where), _need_str(row, "entry_point", where)
         task_id = _need_str(row, "task_id", where)
@@ -374,7 +376,7 @@ def load_mbpp(path: str | os.PathLike) -> list[Problem]:
     public test. ``tests`` runs all of ``test_list`` after ``test_setup_code``.
     """
     problems = []
-    for i, row in enumerate(_read_records(path)):
+    for i, row in enumerate(read_rows(path)):
         where = f"{path} row {i} (task_id={row.get('task_id')!r})"
         if not isinstance(row.get("task_id"), (int, str)) or row.get("task_id") == "":
             raise ValueError(f"{where}: field 'task_id' must be an int or a non-empty str")
@@ -418,7 +420,7 @@ def load_classeval(path: str | os.PathLike) -> list[Problem]:
     (the official tests use them without importing). ``metadata["method_tests"]`` maps method → test class.
     """
     problems = []
-    for i, row in enumerate(_read_records(path)):
+    for i, row in enumerate(read_rows(path)):
         where = f"{path} row {i} (task_id={row.get('task_id')!r})"
         skeleton = _need_str(row, "skeleton", where)
         class_name = _need_str(row, "class_name", where)
@@ -532,8 +534,8 @@ def _lcb_rows(path_or_dataset: Any) -> tuple[str, Iterable[Mapping]]:
             files = sorted(p for p in path.iterdir() if re.search(r"\.jsonl?(\.gz)?$", p.name))
             if not files:
                 raise FileNotFoundError(f"{path}: no .jsonl/.json files in this LiveCodeBench folder")
-            return str(path), [row for f in files for row in _read_records(f)]
-        return str(path), _read_records(path)
+            return str(path), [row for f in files for row in read_rows(f)]
+        return str(path), read_rows(path)
     return type(path_or_dataset).__name__, path_or_dataset
 
 

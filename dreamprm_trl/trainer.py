@@ -9,7 +9,6 @@ unit-test verdicts (see `correction`). Everything else (loop, logging, checkpoin
 from __future__ import annotations
 
 import logging
-import math
 import os
 import string
 from collections import defaultdict

@@ -14,6 +14,7 @@ from dreamprm_trl.collator import (
     STEP_TOKEN,
     ChainOfFunctionCollator,
     code_to_steps,
+    effective_prompt,
     encode_steps,
     format_steps,
     prepare_tokenizer,
@@ -169,3 +170,15 @@ def test_truncation_keeps_the_bos_token():
     short = encode_steps(t, PROMPT, STEPS, max_length=len(full.input_ids) - 3)
     assert full.input_ids[0] == short.input_ids[0] == t.bos_token_id
     assert short.input_ids == full.input_ids[:1] + full.input_ids[4:]
+
+
+def test_a_prompt_the_program_starts_with_is_read_once(tok):
+    prompt = 'def double(x):\n    """Twice x."""\n'
+    steps = [prompt + "    return 2 * x\n", "\ndef main():\n    print(double(2))\n"]
+    assert effective_prompt(prompt, steps) == ""
+    assert effective_prompt(prompt, ["def other():\n    pass\n"]) == prompt
+    assert effective_prompt("", steps) == ""
+    collate = ChainOfFunctionCollator(tok, max_length=512)
+    with_prompt = collate.encode_row({"prompt": prompt, "steps": steps})
+    without = collate.encode_row({"prompt": "", "steps": steps})
+    assert with_prompt.input_ids == without.input_ids

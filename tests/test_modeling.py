@@ -102,7 +102,9 @@ def test_step_loss_soft_labels_match_hand_computation():
 def test_one_pass_scores_equal_per_prefix_scores(arch, bos):
     prm = tiny_prm(arch, bos)
     perturb_lora(prm)
-    pairs = [(PROMPT, STEPS), (PROMPT + "Be quick.\n", OTHER), ("", STEPS[:1])]
+    embedded = 'def double(x):\n    """Twice x."""\n'  # HumanEval-style: the program starts with its prompt
+    lines = ["def double(x):\n", '    """Twice x."""\n', "    return 2 * x\n"]  # step 1 shorter than the prompt
+    pairs = [(PROMPT, STEPS), (PROMPT + "Be quick.\n", OTHER), ("", STEPS[:1]), (embedded, lines)]
     one = prm.score_batch(pairs, batch_size=3, progress=False)
     ref = prm.score_batch(pairs, batch_size=2, progress=False, mode="per_prefix")
     for a, b in zip(one, ref):
