@@ -28,7 +28,7 @@ def main() -> None:
     rows = []
     for backbone in known.backbones.split(","):
         args, config = parser.parse_args_and_config(rest + ["--backbone", backbone,
-                                                            "--results_dir", str(RESULTS / f"backbone_{backbone}"),
+                                                            "--results_dir", f"outputs/results/backbone_{backbone}",
                                                             "--output_dir", f"outputs/backbone_{backbone}"])
         start = time.time()
         out = run_experiment(args, config)

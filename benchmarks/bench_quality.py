@@ -2,6 +2,7 @@
 
     python benchmarks/bench_quality.py                      # the embedded default, as examples/train.py
     python benchmarks/bench_quality.py --backbone minilm    # any ExperimentArguments / FunctionStepPRMConfig flag
+    python benchmarks/bench_quality.py --replot             # redraw the figure from quality.json
 
 Writes benchmarks/results/quality.{json,md} and benchmarks/results/quality_scaling.png: reranked pass@1 against the
 number of candidates N (exact expectation over all size-N subsets of each problem's pool).
@@ -9,6 +10,7 @@ number of candidates N (exact expectation over all size-N subsets of each proble
 
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 from trl import TrlParser
@@ -28,7 +30,7 @@ def plot(curves: dict, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for key, label in CURVES.items():
         if key in curves:
             c = curves[key]
@@ -39,7 +41,7 @@ def plot(curves: dict, path: Path, title: str) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("candidates per problem (N)")
     ax.set_ylabel("pass@1 of the pick")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 80), fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -47,8 +49,12 @@ def plot(curves: dict, path: Path, title: str) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--replot"]:  # redraw the figure from the last run's JSON
+        out = json.loads((RESULTS / "quality.json").read_text())
+        plot(out["curves"], RESULTS / "quality_scaling.png", out["title"].strip())
+        return
     parser = TrlParser((ExperimentArguments, FunctionStepPRMConfig))
-    parser.set_defaults(**DEMO_TRAINING_DEFAULTS, results_dir=str(RESULTS / "quality_run"))
+    parser.set_defaults(**DEMO_TRAINING_DEFAULTS, results_dir="outputs/results/quality")
     experiment_args, training_args = parser.parse_args_and_config()
     out = run_experiment(experiment_args, training_args)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -155,3 +155,52 @@ def is_causal_backbone(model: PreTrainedModel) -> bool:
         return bool(torch.allclose(a.float(), b.float(), atol=1e-6, rtol=0))
     finally:
         model.train(was_training)
+
+
+def pretrain_causal_lm(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    texts: Iterable[str],
+    epochs: int = 1,
+    batch_size: int = 16,
+    learning_rate: float = 3e-3,
+    max_length: int = 512,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[float]:
+    """Next-token pretraining of a causal body on ``texts`` (output layer tied to the input embeddings), in place.
+
+    A model built from a config knows nothing; a minute of language modelling on the training split's code gives
+    the PRM stage features of code to start from. Returns the mean loss of each epoch.
+    """
+    from tqdm.auto import tqdm
+
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise ValueError("pretrain_causal_lm needs at least one non-empty text.")
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    pad = tokenizer.pad_token_id
+    model.train()
+    losses = []
+    for epoch in range(epochs):
+        order = torch.randperm(len(texts), generator=generator).tolist()
+        total, count = 0.0, 0
+        bar = tqdm(range(0, len(order), batch_size), disable=not progress, desc=f"LM pretraining, epoch {epoch + 1}")
+        for start in bar:
+            batch = [texts[i] for i in order[start : start + batch_size]]
+            enc = tokenizer(batch, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+            logits = hidden[:, :-1] @ model.get_input_embeddings().weight.T
+            targets = enc["input_ids"][:, 1:].masked_fill(enc["attention_mask"][:, 1:] == 0, -100)
+            if pad is not None:
+                targets = targets.masked_fill(targets == pad, -100)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total, count = total + loss.item(), count + 1
+            bar.set_postfix(loss=f"{total / count:.3f}")
+        losses.append(total / max(count, 1))
+    model.eval()
+    return losses

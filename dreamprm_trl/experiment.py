@@ -23,6 +23,7 @@ oracle pass@N                                             a pick that is right w
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -112,7 +113,9 @@ class ExperimentArguments:
     """
 
     problems: str = field(default="humaneval", metadata={"help": "'humaneval', 'classeval' or a problems file/dir."})
-    candidates: str = field(default="humaneval", metadata={"help": "'humaneval', 'classeval' or a JSONL of candidates."})
+    candidates: str = field(
+        default="humaneval", metadata={"help": "'humaneval', 'classeval' or a JSONL of candidates."}
+    )
     num_candidates: int = field(default=10, metadata={"help": "Candidates per problem to label and rerank (N)."})
     pool_size: int = field(default=20, metadata={"help": "Candidates per problem the PoolGenerator may graft from."})
     max_problems: int | None = field(default=None, metadata={"help": "Use only the first K problems (smoke runs)."})
@@ -149,6 +152,10 @@ class ExperimentArguments:
     tiny_hidden_size: int = field(default=128, metadata={"help": "tiny-causal: hidden size."})
     tiny_layers: int = field(default=2, metadata={"help": "tiny-causal: decoder layers."})
     tiny_vocab_size: int = field(default=2048, metadata={"help": "tiny-causal: byte-level BPE vocabulary."})
+    tiny_pretrain_epochs: int = field(
+        default=0,
+        metadata={"help": "tiny-causal: epochs of language modelling on the training split's programs first."},
+    )
     use_lora: bool | None = field(
         default=None, metadata={"help": "LoRA on the backbone; default: yes for pretrained, no for tiny-causal."}
     )
@@ -218,7 +225,7 @@ def build_datasets(args: ExperimentArguments, problems: list[Problem], pool: dic
     return out
 
 
-def _train_rows(variant: Variant, data: dict[str, Any], train_ids: set[str]):
+def _train_rows(variant: Variant, data: dict[str, Any], train_ids: set[str]) -> Any:
     """Step rows for ``variant``: MC-labelled rows, or whole programs with their verdict as one step."""
     if variant.labels == "final":
         ds = data["final"].filter(lambda r: r["task_id"] in train_ids)
@@ -228,17 +235,20 @@ def _train_rows(variant: Variant, data: dict[str, Any], train_ids: set[str]):
 
 
 # ----------------------------------------------------------------------------------------------------- model
-def build_prm(args: ExperimentArguments, config: FunctionStepPRMConfig, corpus: Sequence[str]) -> FunctionStepPRM:
-    """A fresh PRM on the requested backbone, identically initialised for every variant (seeded)."""
+def build_backbone(
+    args: ExperimentArguments, config: FunctionStepPRMConfig, corpus: Sequence[str]
+) -> tuple[Any, Any]:
+    """The ``(body, tokenizer)`` every variant starts from, built once (seeded); each variant trains a deep copy.
+
+    ``tiny-causal`` trains its byte-level tokenizer on the training split's programs and, with
+    ``tiny_pretrain_epochs``, first learns them as a language model. A Hub id or path is returned as is and
+    loaded per variant.
+    """
     import torch
 
-    from .backbones import load_minilm, tiny_causal_backbone, train_bytelevel_tokenizer
+    from .backbones import load_minilm, pretrain_causal_lm, tiny_causal_backbone, train_bytelevel_tokenizer
 
     torch.manual_seed(config.seed)
-    use_lora = args.use_lora if args.use_lora is not None else args.backbone != "tiny-causal"
-    lora = config.lora_config() if use_lora else None
-    common = dict(step_token=config.step_token, aggregation=config.score_aggregation, loss_type=config.label_loss,
-                  label_smoothing=config.label_smoothing, max_length=config.max_length)
     if args.backbone == "tiny-causal":
         tokenizer = train_bytelevel_tokenizer(corpus, vocab_size=args.tiny_vocab_size)
         body, tokenizer = tiny_causal_backbone(
@@ -246,15 +256,34 @@ def build_prm(args: ExperimentArguments, config: FunctionStepPRMConfig, corpus: 
             max_position_embeddings=max(2048, config.max_length), seed=config.seed,
             attn_implementation="eager" if config.hypergradient == "exact" else "sdpa",
         )
-        return FunctionStepPRM.from_backbone(body, tokenizer, lora_config=lora, **common)
+        if args.tiny_pretrain_epochs:
+            pretrain_causal_lm(body, tokenizer, corpus, epochs=args.tiny_pretrain_epochs,
+                               max_length=config.max_length, seed=config.seed, progress=not config.disable_tqdm)
+        return body, tokenizer
     if args.backbone == "minilm":
-        body, tokenizer = load_minilm()
-        return FunctionStepPRM.from_backbone(body, tokenizer, lora_config=lora, causal_mask=True, **common)
-    return FunctionStepPRM.from_backbone(args.backbone, lora_config=lora, **common)
+        return load_minilm()
+    return args.backbone, None
+
+
+def build_prm(args: ExperimentArguments, config: FunctionStepPRMConfig, backbone: tuple[Any, Any]) -> FunctionStepPRM:
+    """A fresh PRM on a copy of ``backbone`` (LoRA by default on pretrained backbones, full training on tiny-causal)."""
+    import torch
+
+    torch.manual_seed(config.seed)
+    use_lora = args.use_lora if args.use_lora is not None else args.backbone != "tiny-causal"
+    lora = config.lora_config() if use_lora else None
+    common = dict(step_token=config.step_token, aggregation=config.score_aggregation, loss_type=config.label_loss,
+                  label_smoothing=config.label_smoothing, max_length=config.max_length)
+    body, tokenizer = backbone
+    if isinstance(body, str):
+        return FunctionStepPRM.from_backbone(body, lora_config=lora, **common)
+    return FunctionStepPRM.from_backbone(copy.deepcopy(body), tokenizer, lora_config=lora, **common)
 
 
 def train_variant(name: str, args: ExperimentArguments, config: FunctionStepPRMConfig, data: dict[str, Any],
-                  train_ids: set[str], corpus: Sequence[str]) -> tuple[FunctionStepPRM, FunctionStepPRMTrainer]:
+                  train_ids: set[str], backbone: tuple[Any, Any]) -> tuple[FunctionStepPRM, FunctionStepPRMTrainer]:
+    """Train the variant ``name`` of `VARIANTS` from a fresh PRM; the meta set is the training problems' whole
+    programs with their verdicts."""
     variant = VARIANTS[name]
     rows = _train_rows(variant, data, train_ids)
     meta = None
@@ -262,14 +291,17 @@ def train_variant(name: str, args: ExperimentArguments, config: FunctionStepPRMC
         meta = data["final"].filter(lambda r: r["task_id"] in train_ids).select_columns(["prompt", "steps", "passed"])
     run_config = dataclasses.replace(config, meta_method=variant.meta_method,
                                      output_dir=os.path.join(config.output_dir, name))
-    prm = build_prm(args, run_config, corpus)
+    prm = build_prm(args, run_config, backbone)
     trainer = FunctionStepPRMTrainer(prm, run_config, train_dataset=rows, meta_dataset=meta)
     trainer.train()
     return prm, trainer
 
 
 # ----------------------------------------------------------------------------------------------------- evaluation
-def _public_verdicts(problems: list[Problem], groups: list[list[str]], executor: SandboxedExecutor) -> list[list[bool | None]]:
+def _public_verdicts(
+    problems: list[Problem], groups: list[list[str]], executor: SandboxedExecutor
+) -> list[list[bool | None]]:
+    """Per candidate, whether it passes its problem's public tests (None where the problem has none)."""
     jobs = [(code, p.public_tests) for p, g in zip(problems, groups) if p.public_tests is not None for code in g]
     verdicts = iter(r.passed for r in executor.run_many(jobs)) if jobs else iter(())
     return [[next(verdicts) if p.public_tests is not None else None for _ in g] for p, g in zip(problems, groups)]
@@ -337,7 +369,7 @@ def run_experiment(args: ExperimentArguments, config: FunctionStepPRMConfig) -> 
     groups = [by_task[p.task_id][0] for p in eval_problems]
     passed = [by_task[p.task_id][1] for p in eval_problems]
     public = _public_verdicts(eval_problems, groups, executor)
-    corpus = [c for t in train_ids for c in pool[t]]
+    backbone = build_backbone(args, config, [c for t in train_ids for c in pool[t]])
 
     def metrics(scores: list[list[float]]) -> dict:
         return rerank_metrics(scores, passed, n_bootstrap=args.n_bootstrap, seed=args.split_seed)
@@ -355,7 +387,7 @@ def run_experiment(args: ExperimentArguments, config: FunctionStepPRMConfig) -> 
     ranked: dict[str, list[list[float]]] = {"random": flat}
     for name in names:
         variant = VARIANTS[name]
-        prm, trainer = train_variant(name, args, config, data, set(train_ids), corpus)
+        prm, trainer = train_variant(name, args, config, data, set(train_ids), backbone)
         scores = score_groups(prm, eval_problems, groups, variant.splitter, config.score_aggregation,
                               config.per_device_eval_batch_size)
         ranked[name] = scores
@@ -401,8 +433,10 @@ def _row(key: str, label: str, m: dict, metric: str) -> dict:
     if f"{metric}_ci_low" in m:
         row["ci"] = (m[f"{metric}_ci_low"], m[f"{metric}_ci_high"])
     if metric == "reranked_pass@1" and "reranked_minus_random_ci_low" in m:
-        row["diff"] = (m["reranked_minus_random"], (m["reranked_minus_random_ci_low"], m["reranked_minus_random_ci_high"]))
-    row["metrics"] = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))}
+        ci = (m["reranked_minus_random_ci_low"], m["reranked_minus_random_ci_high"])
+        row["diff"] = (m["reranked_minus_random"], ci)
+    row["metrics"] = {k: v for k, v in m.items()
+                      if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))}
     return row
 
 

@@ -4,6 +4,7 @@ import logging
 from dataclasses import dataclass
 
 import pytest
+from corpus import CORPUS
 import torch
 
 from dreamprm_trl.backbones import load_minilm, train_bytelevel_tokenizer
@@ -21,12 +22,6 @@ from dreamprm_trl.collator import (
     tokenizer_keeps_whitespace,
 )
 
-CORPUS = [
-    "def add(a, b):\n    return a + b\n",
-    "def greet(name):\n    '''Say hello.'''\n    return f'hello {name}'\n",
-    "class Stack:\n    def push(self, x):\n        self.items.append(x)\n",
-    "Write a function that adds two numbers and returns the sum.\n",
-] * 10
 
 PROMPT = "Write a function that adds two numbers.\n"
 STEPS = [

@@ -4,18 +4,13 @@ import json
 import math
 
 import pytest
+from corpus import CORPUS
 import torch
 
 
 from dreamprm_trl.backbones import load_minilm, tiny_causal_backbone, train_bytelevel_tokenizer
 from dreamprm_trl.modeling import FunctionStepPRM, PRMOutput, StepScores, aggregate_scores, step_loss
 
-CORPUS = [
-    "def add(a, b):\n    return a + b\n",
-    "def greet(name):\n    '''Say hello.'''\n    return f'hello {name}'\n",
-    "class Stack:\n    def push(self, x):\n        self.items.append(x)\n",
-    "Write a function that adds two numbers and returns the sum.\n",
-] * 10
 PROMPT = "Write a function that adds two numbers.\n"
 STEPS = [
     "def add(a, b):\n    return helper(a) + b\n",
