@@ -224,19 +224,27 @@ def _check_opt_in(allow_code_execution: bool) -> None:
 
 
 def _bwrap_works() -> str | None:
-    """Path of a working ``bwrap`` (tried once per process), else None."""
+    """Path of a working ``bwrap`` (tried once per process), else None.
+
+    The probe runs this Python inside the sandbox and checks that it sees the harness, so a sandbox that would
+    fail every program (and turn every verdict into a false failure) is never used."""
     with _bwrap_lock:
         if "path" not in _bwrap_state:
             path = shutil.which("bwrap")
             if path:
+                work = tempfile.mkdtemp(prefix="dreamprm-probe-")
+                check = "import os, sys; sys.exit(0 if os.path.isfile(sys.argv[1]) else 3)"
                 try:
                     probe = subprocess.run(
-                        [path, *_BWRAP_BASE, "--", "/bin/true"], capture_output=True, timeout=20, check=False
+                        [*_bwrap_command(path, work), sys.executable, "-I", "-S", "-c", check, _HARNESS],
+                        capture_output=True, timeout=20, check=False,
                     )
                     if probe.returncode != 0:
                         path = None
                 except (OSError, subprocess.SubprocessError):
                     path = None
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
             _bwrap_state["path"] = path
         return _bwrap_state["path"]
 
@@ -324,26 +332,32 @@ def _sandbox_uid(level: str) -> int | None:
 def _bwrap_command(bwrap: str, work: str, uid: int | None = None) -> list[str]:
     """bubblewrap: read-only root, private /tmp, writable work dir only, no network, own PID namespace.
 
-    The user's home directory is hidden (credentials live there) except the Python installation, if it is there.
+    The user's home directory is hidden (credentials live there). What the program needs from a hidden place (the
+    private /tmp or the home directory) is mounted back read-only: the Python installation, the import path and
+    the harness, e.g. for a virtual environment or a checkout under /tmp.
     """
     cmd = [bwrap, *_BWRAP_BASE]
     if uid is not None:  # the supervisor keeps only these: to drop the runner to `uid`, then kill it
         cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_KILL"]
+    hidden = ["/tmp"]
     home = os.path.realpath(os.path.expanduser("~"))
     if home not in ("/", "") and os.path.isdir(home):
         cmd += ["--tmpfs", home]
-        keep = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.executable, *_site_paths())}
-        keep.add(os.path.dirname(os.path.realpath(_HARNESS)))
-        made: set[str] = set()
-        for path in sorted(keep):
-            if path.startswith(home + os.sep) and os.path.exists(path):
-                parts = Path(path).relative_to(home).parts
-                for k in range(1, len(parts)):  # traversable parents (bwrap would make them 0700)
-                    parent = os.path.join(home, *parts[:k])
-                    if parent not in made:
-                        made.add(parent)
-                        cmd += ["--perms", "0755", "--dir", parent]
-                cmd += ["--ro-bind", path, path]
+        hidden.append(home)
+    keep = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.executable, *_site_paths())}
+    keep.add(os.path.dirname(os.path.realpath(_HARNESS)))
+    made: set[str] = set()
+    for path in sorted(keep):
+        root = next((h for h in hidden if path.startswith(h + os.sep)), None)
+        if root is None or not os.path.exists(path):
+            continue
+        parts = Path(path).relative_to(root).parts
+        for k in range(1, len(parts)):  # traversable parents (bwrap would make them 0700)
+            parent = os.path.join(root, *parts[:k])
+            if parent not in made:
+                made.add(parent)
+                cmd += ["--perms", "0755", "--dir", parent]
+        cmd += ["--ro-bind", path, path]
     cmd += ["--bind", work, _INSIDE_WORK, "--chdir", _INSIDE_WORK, "--"]
     return cmd
 
