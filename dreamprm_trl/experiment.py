@@ -41,7 +41,7 @@ from .generation import PoolGenerator, make_generator
 from .labeling import BUNDLED, label_final, label_steps, load_candidates, load_problems
 from .metrics import bootstrap_ci, per_problem_reranked, rerank_metrics, scaling_curve
 from .modeling import FunctionStepPRM
-from .rerank import Ranked, ranking_values
+from .rerank import Ranked, public_test_verdicts, ranking_values
 from .steps import split_lines, split_program, split_steps
 from .tasks import Problem
 from .trainer import FunctionStepPRMTrainer
@@ -298,15 +298,6 @@ def train_variant(name: str, args: ExperimentArguments, config: FunctionStepPRMC
 
 
 # ----------------------------------------------------------------------------------------------------- evaluation
-def _public_verdicts(
-    problems: list[Problem], groups: list[list[str]], executor: SandboxedExecutor
-) -> list[list[bool | None]]:
-    """Per candidate, whether it passes its problem's public tests (None where the problem has none)."""
-    jobs = [(code, p.public_tests) for p, g in zip(problems, groups) if p.public_tests is not None for code in g]
-    verdicts = iter(r.passed for r in executor.run_many(jobs)) if jobs else iter(())
-    return [[next(verdicts) if p.public_tests is not None else None for _ in g] for p, g in zip(problems, groups)]
-
-
 def _hybrid(scores: list[list[float]], public: list[list[bool | None]]) -> list[list[float]]:
     """Ranking values of "public-test filter, then score" (the rule of `rerank`)."""
     return [ranking_values([Ranked(i, "", s, public_pass=pp) for i, (s, pp) in enumerate(zip(ss, ps))])
@@ -368,7 +359,7 @@ def run_experiment(args: ExperimentArguments, config: FunctionStepPRMConfig) -> 
     eval_problems = [p for p in eval_problems if p.task_id in by_task]
     groups = [by_task[p.task_id][0] for p in eval_problems]
     passed = [by_task[p.task_id][1] for p in eval_problems]
-    public = _public_verdicts(eval_problems, groups, executor)
+    public = public_test_verdicts([p.public_tests for p in eval_problems], groups, executor)
     backbone = build_backbone(args, config, [c for t in train_ids for c in pool[t]])
 
     def metrics(scores: list[list[float]]) -> dict:

@@ -176,6 +176,16 @@ class PRMConfig:
 
 
 # ---------------------------------------------------------------------------------------------------- the model
+def fit_max_length(backbone: nn.Module, max_length: int, default_limit: int | None = None) -> int:
+    """``max_length`` capped at the backbone's position embeddings (``default_limit`` when its config has none),
+    with a warning when it is capped."""
+    limit = getattr(backbone.config, "max_position_embeddings", None) or default_limit
+    if limit and max_length > limit:
+        logger.warning("max_length=%d exceeds the backbone's %d positions; using %d.", max_length, limit, limit)
+        return limit
+    return max_length
+
+
 def default_lora_targets(model: nn.Module) -> list[str]:
     """LoRA targets q/k/v/o for the usual architectures (Llama/Qwen/Mistral ``*_proj``, BERT ``query``...)."""
     leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
@@ -273,9 +283,7 @@ class FunctionStepPRM(nn.Module):
         if body.get_input_embeddings().weight.shape[0] < len(tokenizer):
             body.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         limit = getattr(body.config, "max_position_embeddings", None) or 1024
-        if max_length and max_length > limit:
-            logger.warning("max_length=%d exceeds the backbone's %d positions; using %d.", max_length, limit, limit)
-            max_length = limit
+        max_length = fit_max_length(body, max_length, default_limit=limit) if max_length else None
         cfg = PRMConfig(
             backbone=backbone_id,
             backbone_source=source,

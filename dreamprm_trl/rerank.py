@@ -17,7 +17,7 @@ from typing import Any, Mapping, Protocol, Sequence
 from .execution import SandboxedExecutor, TestSuite
 from .metrics import rerank_metrics
 
-__all__ = ["Ranked", "rerank", "rerank_many", "best_of_n", "ranking_values", "rerank_file"]
+__all__ = ["Ranked", "rerank", "rerank_many", "best_of_n", "ranking_values", "public_test_verdicts", "rerank_file"]
 
 
 class StepScorer(Protocol):
@@ -90,6 +90,22 @@ def ranking_values(ranked: Sequence[Ranked]) -> list[float]:
     return values
 
 
+def public_test_verdicts(
+    suites: Sequence[TestSuite | None],
+    candidates: Sequence[Sequence[str]],
+    executor: SandboxedExecutor | None = None,
+    progress: bool = True,
+) -> list[list[bool | None]]:
+    """Per candidate, whether it passes its problem's public ``suite`` (None where a problem has none), in one
+    parallel run of the sandbox."""
+    jobs = [(code, suite) for suite, group in zip(suites, candidates) if suite is not None for code in group]
+    verdicts = iter(())
+    if jobs:
+        executor = executor if executor is not None else SandboxedExecutor(progress=progress)
+        verdicts = iter([bool(r.passed) for r in executor.run_many(jobs)])
+    return [[next(verdicts) if suite is not None else None for _ in group] for suite, group in zip(suites, candidates)]
+
+
 def rerank_many(
     prm: StepScorer,
     problems: Sequence[Any],
@@ -124,21 +140,14 @@ def rerank_many(
     if len(scored) != len(pairs):
         raise RuntimeError(f"score_batch returned {len(scored)} results for {len(pairs)} candidates.")
 
-    jobs = [(code, suite) for suite, group in zip(suites, candidates) if suite is not None for code in group]
-    verdicts: list[bool] = []
-    if jobs:
-        executor = executor if executor is not None else SandboxedExecutor(progress=progress)
-        verdicts = [bool(r.passed) for r in executor.run_many(jobs)]
+    public = public_test_verdicts(suites, candidates, executor, progress)
 
-    out, k, v = [], 0, 0
-    for suite, group in zip(suites, candidates):
+    out, k = [], 0
+    for group, group_public in zip(candidates, public):
         ranked = []
-        for index, code in enumerate(group):
+        for index, (code, public_pass) in enumerate(zip(group, group_public)):
             s = scored[k]
             k += 1
-            public_pass = None
-            if suite is not None:
-                public_pass, v = verdicts[v], v + 1
             ranked.append(
                 Ranked(index, code, float(s.aggregate(aggregation)), [float(x) for x in s.scores], list(s.steps),
                        public_pass)

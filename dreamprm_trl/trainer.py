@@ -34,7 +34,7 @@ from .correction import (
     exact_hypergradient,
     label_loss_grad,
 )
-from .modeling import FunctionStepPRM, aggregate_scores, step_loss
+from .modeling import FunctionStepPRM, aggregate_scores, fit_max_length, step_loss
 
 logger = logging.getLogger(__name__)
 
@@ -167,10 +167,7 @@ class FunctionStepPRMTrainer(Trainer):
                 f"The PRM uses step_token={model.prm_config.step_token!r} but args.step_token={args.step_token!r}; "
                 "set FunctionStepPRMConfig.step_token to the PRM's."
             )
-        limit = getattr(model.backbone.config, "max_position_embeddings", None)
-        if limit and args.max_length > limit:
-            logger.warning("max_length=%d exceeds the backbone's %d positions; using %d.", args.max_length, limit, limit)
-            args.max_length = limit
+        args.max_length = fit_max_length(model.backbone, args.max_length)
         cfg = model.prm_config
         cfg.loss_type, cfg.label_smoothing = args.label_loss, args.label_smoothing
         cfg.aggregation, cfg.max_length = args.score_aggregation, args.max_length
