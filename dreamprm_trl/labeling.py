@@ -10,6 +10,11 @@ Labelling is the costly stage (K x M programs per trajectory), so every finished
 its rollout batch, or one program's verdict) is appended to an fsync'd JSONL cache keyed by a content hash of
 everything that determines it; rerunning the same call after a crash skips finished units, and ``shard=(i, n)``
 splits trajectories across machines deterministically.
+
+Bounded work: programs longer than ``max_code_chars`` and (for step labels) programs with more than ``max_steps``
+steps are skipped as bad rows with that reason; prefixes are cut one chunk at a time, so memory grows with the
+program, not with the sum of its prefixes. An exception from the executor on one program becomes that program's
+failure (``runtime_error`` with the reason), is not cached (a rerun retries it), and never loses the batch.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from datasets import Dataset
 from tqdm.auto import tqdm
 
-from .execution import SandboxedExecutor, TestSuite
+from .execution import ExecutionResult, SandboxedExecutor, TestSuite
 from .generation import Generator, RolloutRequest, complete_prefixes
 from .steps import Step, split_steps
 
@@ -49,6 +56,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 CACHE_VERSION = 1
+DEFAULT_MAX_CODE_CHARS = 100_000  # longer programs are skipped (bad row "too large")
+DEFAULT_MAX_STEPS = 64  # label_steps: more steps are skipped (bad row "too many steps"); K x M programs each
+EXECUTOR_ERROR = "executor error"  # reason prefix of a program whose run raised in the executor
 
 Trajectories = Mapping[str, Sequence[str]] | Iterable[tuple[str, str]]
 
@@ -65,6 +75,7 @@ class LabelingStats:
     units_from_cache: int = 0
     units_computed: int = 0
     prefixes_without_rollouts: int = 0
+    executor_errors: int = 0
     bad_rows: list[dict[str, str]] = field(default_factory=list)
 
     @property
@@ -87,13 +98,14 @@ class LabelingStats:
             f"{self.labelled}/{self.trajectories} trajectories labelled ({self.other_shard} in other shards), "
             f"{self.programs_executed} programs executed (pass rate {self.pass_rate:.3f}), "
             f"{self.units_from_cache} units from cache, {self.units_computed} computed, "
-            f"{self.prefixes_without_rollouts} prefixes without rollouts; bad rows: {bad}"
+            f"{self.prefixes_without_rollouts} prefixes without rollouts, "
+            f"{self.executor_errors} executor errors (failed, not cached); bad rows: {bad}"
         )
 
 
 def _report(stats: LabelingStats) -> None:
     logger.info(stats.summary())
-    if stats.bad_rows or stats.prefixes_without_rollouts:
+    if stats.bad_rows or stats.prefixes_without_rollouts or stats.executor_errors:
         warnings.warn(f"Labelling skipped {len(stats.bad_rows)} bad row(s): {stats.summary()}", stacklevel=3)
 
 
@@ -169,6 +181,11 @@ class LabelCache:
                 self.records[rec["key"]] = rec
             fh.flush()
             os.fsync(fh.fileno())
+
+    def hold(self, records: Sequence[dict[str, Any]]) -> None:
+        """Keep ``records`` for this run only (never written): a rerun computes them again."""
+        for rec in records:
+            self.records[rec["key"]] = rec
 
 
 class _MemoryCache(LabelCache):
@@ -246,6 +263,10 @@ class _Item:
     final_key: str
     prefix_keys: list[str] = field(default_factory=list)
 
+    def prefix(self, k: int) -> str:
+        """The program's first ``k`` steps (built on demand: all prefixes together are quadratic in size)."""
+        return "".join(s.text for s in self.steps[:k])
+
 
 def _items(
     pairs: list[tuple[str, str]],
@@ -254,6 +275,8 @@ def _items(
     stats: LabelingStats,
     splitter: Callable[[str], list[Step]],
     need_steps: bool,
+    max_code_chars: int | None,
+    max_steps: int | None = None,
 ) -> list[_Item]:
     """Trajectories that can be labelled; every other one becomes a counted bad row with its reason."""
     items = []
@@ -266,14 +289,49 @@ def _items(
         if suite is None:
             stats.bad(task_id, "no tests: the problem has no tests to run")
             continue
+        if max_code_chars is not None and len(code) > max_code_chars:
+            stats.bad(task_id, f"too large: {len(code)} characters > max_code_chars={max_code_chars}; raise "
+                               "max_code_chars (--max_code_chars) to label it")
+            continue
         steps = splitter(code)
         if need_steps and (not steps or any(s.kind == "block" for s in steps)):
             stats.bad(task_id, "unparsable: the program does not parse, so it has no function steps")
+            continue
+        if need_steps and max_steps is not None and len(steps) > max_steps:
+            stats.bad(task_id, f"too many steps: {len(steps)} steps > max_steps={max_steps} ({len(steps)} "
+                               "prefixes to roll out); raise max_steps (--max_steps) to label it")
             continue
         key = _hash({"v": CACHE_VERSION, "kind": "final", "problem": _problem_key(problem, suite), "code": code,
                      "executor": exec_cfg})
         items.append(_Item(problem, suite, code, steps, key))
     return items
+
+
+def _error_result(err: BaseException) -> ExecutionResult:
+    reason = f"{EXECUTOR_ERROR}: {type(err).__name__}: {err}"
+    return ExecutionResult(passed=False, status="runtime_error", reason=reason[:500])
+
+
+def _run_guarded(executor: SandboxedExecutor, pairs: list[tuple[str, TestSuite]]) -> list[ExecutionResult]:
+    """``executor.run_many(pairs)``, where an exception costs only the program that raised it.
+
+    When the batch raises, each program is run alone; one that raises again gets a failed result whose reason
+    starts with :data:`EXECUTOR_ERROR`. The opt-in refusal (``PermissionError`` on an empty batch) is raised.
+    """
+    try:
+        return executor.run_many(pairs)
+    except Exception as err:  # noqa: BLE001 - any executor failure must cost one program, not the batch
+        if len(pairs) == 1:
+            logger.warning("The executor raised on one program: %s: %s", type(err).__name__, err)
+            return [_error_result(err)]
+        logger.warning("The executor raised on a batch of %d programs (%s: %s); running them one by one.",
+                       len(pairs), type(err).__name__, err)
+    return [_run_guarded(executor, [pair])[0] for pair in pairs]
+
+
+def _rollout_request(unit: dict[str, Any]) -> RolloutRequest:
+    item: _Item = unit["item"]
+    return RolloutRequest(item.problem.task_id, item.problem.prompt, item.prefix(unit["k"]), unit["exclude"])
 
 
 def _run_units(
@@ -292,8 +350,9 @@ def _run_units(
     """Compute every unit not yet in ``cache``, a chunk at a time; each finished chunk is appended at once.
 
     A unit is ``{"key", "task_id", "suite", "code"}`` (one program's verdict) or ``{"key", "task_id", "suite",
-    "request"}`` (a prefix rolled out ``rollouts`` times). Rollouts the executor skips (status ``skipped``,
-    e.g. a missing third-party import) are not counted as passes or failures.
+    "item", "k", "exclude"}`` (the prefix ``item.prefix(k)`` rolled out ``rollouts`` times; its text exists only
+    while its chunk runs). Rollouts the executor skips (status ``skipped``, e.g. a missing third-party import)
+    are not counted as passes or failures. A unit with an executor error is kept for this run only.
     """
     todo, seen = [], set()
     for unit in units:
@@ -308,32 +367,42 @@ def _run_units(
     for start in range(0, len(todo), chunk):
         batch = todo[start : start + chunk]
         if generator is not None:
-            programs = complete_prefixes(generator, [u["request"] for u in batch], rollouts,
+            programs = complete_prefixes(generator, [_rollout_request(u) for u in batch], rollouts,
                                          temperature=temperature, max_new_tokens=max_new_tokens)
         else:
             programs = [[u["code"]] for u in batch]
         pairs = [(prog, u["suite"]) for u, progs in zip(batch, programs) for prog in progs]
-        results = executor.run_many(pairs) if pairs else []
-        records, pos = [], 0
-        for unit, progs in zip(batch, programs):
-            res = results[pos : pos + len(progs)]
-            pos += len(progs)
-            rec: dict[str, Any] = {"key": unit["key"], "v": CACHE_VERSION, "task_id": unit["task_id"]}
-            if generator is not None:
-                rec["outcomes"] = [bool(r.passed) for r in res if r.status != "skipped"]
-                rec["skipped"] = sum(r.status == "skipped" for r in res)
-            else:
-                r = res[0]
-                rec.update(passed=bool(r.passed), status=str(r.status), per_test=[bool(v) for v in r.per_test],
-                           reason=str(getattr(r, "reason", ""))[:500])
-            records.append(rec)
+        counts = [len(progs) for progs in programs]
+        results = _run_guarded(executor, pairs) if pairs else []
+        del programs, pairs  # a chunk's program texts are freed before the next chunk is generated
+        records, held, pos = [], [], 0
+        for unit, count in zip(batch, counts):
+            res = results[pos : pos + count]
+            pos += count
+            rec = _unit_record(unit, res, generator is not None)
+            errors = sum(r.reason.startswith(EXECUTOR_ERROR) for r in res)
+            stats.executor_errors += errors
+            (held if errors else records).append(rec)
             stats.programs_executed += len(res)
             stats.programs_passed += sum(bool(r.passed) for r in res)
         cache.append(records)
+        cache.hold(held)
         stats.units_computed += len(batch)
         bar.update(len(batch) * per_unit)
         bar.set_postfix(executed=stats.programs_executed, pass_rate=f"{stats.pass_rate:.3f}")
     bar.close()
+
+
+def _unit_record(unit: dict[str, Any], res: list[ExecutionResult], rollout: bool) -> dict[str, Any]:
+    rec: dict[str, Any] = {"key": unit["key"], "v": CACHE_VERSION, "task_id": unit["task_id"]}
+    if rollout:
+        rec["outcomes"] = [bool(r.passed) for r in res if r.status != "skipped"]
+        rec["skipped"] = sum(r.status == "skipped" for r in res)
+    else:
+        r = res[0]
+        rec.update(passed=bool(r.passed), status=str(r.status), per_test=[bool(v) for v in r.per_test],
+                   reason=str(getattr(r, "reason", ""))[:500])
+    return rec
 
 
 def _verdicts(items: list[_Item], cache: LabelCache, stats: LabelingStats) -> list[tuple[_Item, dict[str, Any]]]:
@@ -379,17 +448,20 @@ def label_final(
     shard: tuple[int, int] | str = (0, 1),
     progress: bool = True,
     return_stats: bool = False,
+    max_code_chars: int | None = DEFAULT_MAX_CODE_CHARS,
 ) -> Dataset | tuple[Dataset, LabelingStats]:
     """Clean labels: run each candidate program (full source) against its problem's tests.
 
     ``candidates`` maps task id to programs (or is an iterable of ``(task_id, program)``). Rows:
     ``task_id, prompt, code, steps, passed, per_test, status``. Programs that do not parse are kept (they are
-    genuine failures; their steps are blank-line blocks). Candidates without a problem, problems without tests
-    and programs the executor skips (missing third-party imports) are bad rows: counted in the returned stats
-    and warned about, never silently dropped.
+    genuine failures; their steps are blank-line blocks). Candidates without a problem, problems without tests,
+    programs longer than ``max_code_chars`` (None: no cap) and programs the executor skips (missing third-party
+    imports) are bad rows: counted in the returned stats and warned about, never silently dropped. A program on
+    which the executor raises is a failure whose ``status`` is ``runtime_error`` (reason in the stats' log), and
+    is not cached, so a rerun retries it.
     """
     executor, stats, index, mine, cache = _setup(problems, candidates, executor, shard, cache_dir)
-    items = _items(mine, index, executor.config(), stats, splitter, need_steps=False)
+    items = _items(mine, index, executor.config(), stats, splitter, need_steps=False, max_code_chars=max_code_chars)
     _run_units(_verdict_units(items), cache, executor, stats, "label final", progress)
     rows = [
         {"task_id": item.problem.task_id, "prompt": item.problem.prompt, "code": item.code,
@@ -418,6 +490,8 @@ def label_steps(
     chunk_programs: int = 128,
     progress: bool = True,
     return_stats: bool = False,
+    max_code_chars: int | None = DEFAULT_MAX_CODE_CHARS,
+    max_steps: int | None = DEFAULT_MAX_STEPS,
 ) -> Dataset | tuple[Dataset, LabelingStats]:
     """Monte-Carlo step labels: ``mc_labels[k]`` = share of ``rollouts`` completions of ``steps[:k+1]`` that pass.
 
@@ -439,25 +513,29 @@ def label_steps(
     Work proceeds in chunks of about ``chunk_programs`` programs (generate, execute, append to the cache):
     larger chunks keep more generation requests in flight, smaller ones lose less to a crash and move the
     progress bar (programs executed, pass rate so far) more often.
+
+    Bounds: a program longer than ``max_code_chars`` or with more than ``max_steps`` steps (``max_steps - 1``
+    prefixes, each rolled out ``rollouts`` times) is a bad row with that reason (None: no cap). Prefix texts
+    are built one chunk at a time, so memory stays linear in the program's size.
     """
     if rollouts < 1:
         raise ValueError(f"rollouts must be >= 1, got {rollouts}.")
     executor, stats, index, mine, cache = _setup(problems, trajectories, executor, shard, cache_dir)
     exec_cfg, gen_cfg = executor.config(), generator.config()
     excludes = bool(getattr(generator, "excludes_source", False))
-    items = _items(mine, index, exec_cfg, stats, splitter, need_steps=True)
+    items = _items(mine, index, exec_cfg, stats, splitter, need_steps=True, max_code_chars=max_code_chars,
+                   max_steps=max_steps)
     units = []
     for item in items:
         pkey = _problem_key(item.problem, item.suite)
         exclude = item.code if excludes else None
         for k in range(1, len(item.steps)):
-            prefix = "".join(s.text for s in item.steps[:k])
-            key = _hash({"v": CACHE_VERSION, "kind": "prefix", "problem": pkey, "prefix": prefix, "exclude": exclude,
-                         "generator": gen_cfg, "rollouts": rollouts, "temperature": temperature,
+            key = _hash({"v": CACHE_VERSION, "kind": "prefix", "problem": pkey, "prefix": item.prefix(k),
+                         "exclude": exclude, "generator": gen_cfg, "rollouts": rollouts, "temperature": temperature,
                          "max_new_tokens": max_new_tokens, "executor": exec_cfg})
             item.prefix_keys.append(key)
-            request = RolloutRequest(item.problem.task_id, item.problem.prompt, prefix, exclude)
-            units.append({"key": key, "task_id": item.problem.task_id, "suite": item.suite, "request": request})
+            units.append({"key": key, "task_id": item.problem.task_id, "suite": item.suite, "item": item, "k": k,
+                          "exclude": exclude})
 
     _run_units(_verdict_units(items), cache, executor, stats, "label steps: programs", progress)
     verdicts = _verdicts(items, cache, stats)
@@ -610,6 +688,11 @@ def load_candidates(spec: str | os.PathLike, problems: Iterable[Problem] | None 
         task_id = row.get("task_id")
         if task_id is None or not ("code" in row or "completion" in row):
             raise ValueError(f"{spec} row {lineno}: each row needs 'task_id' and 'code' (or 'completion').")
+        field_name = "code" if "code" in row else "completion"
+        for key in ("task_id", field_name):
+            if not isinstance(row[key], str):
+                raise ValueError(f"{spec} row {lineno}: {key!r} must be a string, got {type(row[key]).__name__} "
+                                 f"{row[key]!r:.40}; fix that row.")
         if "code" in row:
             code = row["code"]
         else:
@@ -624,15 +707,49 @@ def load_candidates(spec: str | os.PathLike, problems: Iterable[Problem] | None 
 def save_labels(
     ds: Dataset, output_dir: str | os.PathLike, stats: LabelingStats | None = None, push_to_hub: str | None = None
 ) -> Path:
-    """Write ``ds`` with ``save_to_disk(output_dir)``, plus ``output_dir.jsonl`` and ``output_dir.stats.json``."""
+    """Write ``ds`` with ``save_to_disk(output_dir)``, plus ``output_dir.jsonl`` and ``output_dir.stats.json``.
+
+    Everything is written beside ``output_dir`` under temporary names first and moved into place only when all
+    of it is written, so a crash, or a run that labelled nothing, never replaces an earlier output. A run with
+    bad rows and no labelled row is refused with a ``ValueError`` naming the first bad row.
+    """
     out = Path(output_dir)
-    ds.save_to_disk(str(out))
-    ds.to_json(str(out.with_name(out.name + ".jsonl")), lines=True)
-    if stats is not None:
-        out.with_name(out.name + ".stats.json").write_text(json.dumps(stats.to_dict(), indent=2) + "\n")
+    if len(ds) == 0 and stats is not None and stats.bad_rows:
+        first = stats.bad_rows[0]
+        raise ValueError(
+            f"No row was labelled ({stats.summary()}); first bad row: task_id {first['task_id']!r}: "
+            f"{first['reason']}. Nothing was written, {out} is unchanged; fix the candidates or problems."
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        ds.save_to_disk(str(tmp / "dataset"))
+        ds.to_json(str(tmp / "rows.jsonl"), lines=True)
+        if stats is not None:
+            (tmp / "stats.json").write_text(json.dumps(stats.to_dict(), indent=2) + "\n")
+        _swap_dir(tmp / "dataset", out)
+        os.replace(tmp / "rows.jsonl", out.with_name(out.name + ".jsonl"))
+        if stats is not None:
+            os.replace(tmp / "stats.json", out.with_name(out.name + ".stats.json"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     if push_to_hub:
         ds.push_to_hub(push_to_hub)
     return out
+
+
+def _swap_dir(new: Path, out: Path) -> None:
+    """Move the finished directory ``new`` to ``out``, replacing what was there (a directory or a file)."""
+    if not out.exists() and not out.is_symlink():
+        os.replace(new, out)
+        return
+    old = new.with_name(new.name + ".old")
+    os.replace(out, old)
+    os.replace(new, out)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old)
+    else:
+        old.unlink()
 
 
 def _to_dataset(rows: list[dict[str, Any]], columns: list[str]) -> Dataset:
