@@ -225,6 +225,15 @@ def _candidate_rows(spec: Any, problems: Sequence[Any]) -> dict[str, list[dict]]
     return out
 
 
+def _json_float(x: float) -> float | None:
+    """NaN as JSON ``null`` (``NaN`` is not JSON; strict readers reject it)."""
+    return None if math.isnan(x) else x
+
+
+def _name(problems: Any) -> str:
+    return str(problems) if isinstance(problems, (str, os.PathLike)) else "problems"
+
+
 def rerank_file(
     model: Any,
     problems: Any,
@@ -247,10 +256,14 @@ def rerank_file(
             JSONL(.gz) file of rows with ``task_id`` and ``code`` (full program) or ``completion`` (joined to the
             problem's ``starter_code``). Other fields (e.g. ``passed``, ``sample_idx``) are copied to the output.
         out: output JSON Lines: the input fields plus the full ``code``, ``rank``, ``candidate_index``, ``score``,
-            ``step_scores`` and ``public_pass``. Written to a temporary file and renamed, so a crash never leaves
-            a partial file.
+            ``step_scores`` and ``public_pass``; a NaN score is written as ``null``. Written to a temporary file
+            and renamed, so a crash never leaves a partial file.
         public_tests: rank candidates failing their problem's ``public_tests`` last (hybrid ranking); problems
             without public tests are ranked by the PRM alone.
+
+    Raises:
+        ValueError: a task id appears twice among the problems, a candidate's task id is not among them, or every
+            program score is NaN (nothing is written then).
 
     Returns:
         A summary: ``num_problems``, ``num_candidates``, ``out`` and, when every candidate has a ``passed``
@@ -260,11 +273,18 @@ def rerank_file(
         from .modeling import FunctionStepPRM
 
         model = FunctionStepPRM.from_pretrained(str(model))
+    spec = problems
     if isinstance(problems, (str, os.PathLike)):
         from .labeling import load_problems
 
         problems = load_problems(str(problems))
+    problems = list(problems)
     by_id = {p.task_id: p for p in problems}
+    if len(by_id) != len(problems):
+        seen: set = set()
+        dup = next(p.task_id for p in problems if p.task_id in seen or seen.add(p.task_id))
+        raise ValueError(f"{_name(spec)}: task_id {dup!r} appears more than once; each problem needs its own "
+                         "task_id (remove or rename the duplicates).")
     groups = _candidate_rows(candidates, list(problems))
     unknown = [t for t in groups if t not in by_id]
     if unknown:
@@ -278,15 +298,21 @@ def rerank_file(
         model, [by_id[t] for t in task_ids], codes, aggregation, True if public_tests else None, executor,
         batch_size, progress,
     )
+    num_scores = sum(len(group) for group in ranked)
+    if num_scores and all(math.isnan(r.score) for group in ranked for r in group):
+        raise ValueError(
+            f"Every one of the {num_scores} program scores is NaN (aggregation {aggregation!r}), so there is no "
+            f"ranking; {out} was not written. Check the model (NaN weights?) and that the programs have steps."
+        )
     tmp = f"{out}.tmp"
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(tmp, "w", encoding="utf-8") as f:
         for t, rows, group in zip(task_ids, (groups[t] for t in task_ids), ranked):
             for rank, r in enumerate(group):
                 row = dict(rows[r.index])
-                row.update(rank=rank, candidate_index=r.index, score=r.score, step_scores=r.step_scores,
-                           public_pass=r.public_pass)
-                f.write(json.dumps(row) + "\n")
+                row.update(rank=rank, candidate_index=r.index, score=_json_float(r.score),
+                           step_scores=[_json_float(x) for x in r.step_scores], public_pass=r.public_pass)
+                f.write(json.dumps(row, allow_nan=False) + "\n")
     os.replace(tmp, out)
     summary: dict = {"num_problems": len(task_ids), "num_candidates": sum(len(c) for c in codes), "out": str(out)}
     if all("passed" in r for t in task_ids for r in groups[t]):

@@ -199,33 +199,52 @@ def _suite_field(row: Mapping, key: str, where: str) -> TestSuite | None:
 def read_rows(path: str | os.PathLike) -> list[dict]:
     """Rows of a JSON Lines or JSON file (optionally .gz): the one reader of the project's row files.
 
-    A ``.json`` file, or any file whose text starts with ``[``, holds a list of rows (or ``{"data": [...]}``)."""
+    A ``.json`` file, or any file whose text starts with ``[``, holds a list of rows (or ``{"data": [...]}``).
+    Every row must be a JSON object, and a ``passed`` field, where present, a JSON boolean (a string such as
+    ``"no"`` would count as a pass); errors name the file and the line (JSONL) or row index (JSON)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such data file: {path}")
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        text = f.read()
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot read it as UTF-8 JSON text ({err})") from None
     stem = path.name[: -len(".gz")] if path.suffix == ".gz" else path.name
     if stem.endswith(".json") or text.lstrip().startswith("["):
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from None
         if isinstance(data, dict) and "data" in data:
             data = data["data"]
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
-        rows = data
+        rows, where = data, [f"{path} row {i}" for i in range(len(data))]
     else:
-        rows = []
+        rows, where = [], []
         for i, line in enumerate(text.splitlines()):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as err:
                     raise ValueError(f"{path} line {i + 1}: not valid JSON ({err})") from None
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise ValueError(f"{path} row {i}: expected a JSON object, got {type(row).__name__}")
+                where.append(f"{path} line {i + 1}")
+    for row, at in zip(rows, where):
+        _check_row(row, at)
     return rows
+
+
+def _check_row(row: Any, where: str) -> None:
+    """The checks every row file gets, whatever it holds."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    if "passed" in row and not isinstance(row["passed"], bool):
+        raise ValueError(
+            f"{where}: 'passed' must be true or false, got {row['passed']!r:.40} ({type(row['passed']).__name__}); "
+            "write a JSON boolean."
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
