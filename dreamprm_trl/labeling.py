@@ -283,7 +283,8 @@ def _items(
     for task_id, code in pairs:
         problem = index.get(task_id)
         if problem is None:
-            stats.bad(task_id, "no problem: no Problem with this task_id was given")
+            stats.bad(task_id, "no problem: no Problem with this task_id was given; check the task ids against "
+                               "the problems")
             continue
         suite = _suite(problem)
         if suite is None:

@@ -230,6 +230,16 @@ def _json_float(x: float) -> float | None:
     return None if math.isnan(x) else x
 
 
+def _load_prm(path: str | os.PathLike) -> Any:
+    from .modeling import FunctionStepPRM
+
+    try:
+        return FunctionStepPRM.from_pretrained(str(path))
+    except OSError as err:
+        raise OSError(f"model {str(path)!r}: cannot load a PRM from it; pass a save_pretrained directory or a "
+                      f"Hub repo id ({err})") from None
+
+
 def _name(problems: Any) -> str:
     return str(problems) if isinstance(problems, (str, os.PathLike)) else "problems"
 
@@ -269,10 +279,6 @@ def rerank_file(
         A summary: ``num_problems``, ``num_candidates``, ``out`` and, when every candidate has a ``passed``
         label, ``metrics``: `rerank_metrics` of this ranking (reranked pass@1 vs random pick vs oracle).
     """
-    if isinstance(model, (str, os.PathLike)):
-        from .modeling import FunctionStepPRM
-
-        model = FunctionStepPRM.from_pretrained(str(model))
     spec = problems
     if isinstance(problems, (str, os.PathLike)):
         from .labeling import load_problems
@@ -292,6 +298,8 @@ def rerank_file(
             f"{candidates}: task_id {unknown[0]!r} is not in the problems file "
             f"({len(unknown)} unknown task ids); pass the matching --problems."
         )
+    if isinstance(model, (str, os.PathLike)):  # loaded once the inputs are known to be good
+        model = _load_prm(model)
     task_ids = list(groups)
     codes = [[r["code"] for r in groups[t]] for t in task_ids]
     ranked = rerank_many(
