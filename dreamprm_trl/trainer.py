@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import TrainerState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 
 from .collator import IGNORE_INDEX, ChainOfFunctionCollator
 from .config import FunctionStepPRMConfig
@@ -42,6 +44,29 @@ META_STATE_NAME = "meta_state.pt"
 TRAINABLE_STATE_NAME = "trainable_state.safetensors"
 MODEL_CARD_TEMPLATE = "prm_model_card.md"
 _MODEL_INPUTS = ("input_ids", "attention_mask", "step_positions")
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest ``checkpoint-N`` in ``output_dir`` that a save finished, or None.
+
+    The Trainer writes ``trainer_state.json`` last, so a checkpoint without a readable one was cut short (the
+    process was killed during the save) and is skipped with a warning.
+    """
+    if not os.path.isdir(output_dir):
+        return None
+    for path in reversed(sort_checkpoints(str(output_dir), PREFIX_CHECKPOINT_DIR)):
+        try:
+            TrainerState.load_from_json(os.path.join(path, TRAINER_STATE_NAME))
+        except (OSError, ValueError, TypeError):
+            logger.warning("Skipping %s: it has no readable trainer_state.json (its save did not finish).", path)
+            continue
+        return path
+    return None
+
+
+def _resume_wanted(value: Any) -> bool:
+    """Whether a ``resume_from_checkpoint`` value means "the last checkpoint" (True, "true" or "last")."""
+    return value is True or (isinstance(value, str) and value.lower() in ("true", "last"))
 
 
 def _label_column(dataset: Any, label_key: str | None) -> str:
@@ -488,6 +513,28 @@ class FunctionStepPRMTrainer(Trainer):
         return {k: float(v) for k, v in out.items() if isinstance(v, (int, float))}
 
     # ------------------------------------------------------------------------------------------- checkpoints
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
+        """`Trainer.train`, where resuming from "the last checkpoint" skips checkpoints whose save never finished.
+
+        ``resume_from_checkpoint`` is a checkpoint path, or True (also ``"true"``/``"last"``) for the last
+        complete checkpoint of ``output_dir`` (a ``ValueError`` if there is none). When it is None,
+        ``args.resume_from_checkpoint`` is used, so ``--resume_from_checkpoint PATH|last`` works from a
+        script's command line; ``last`` there starts afresh when ``output_dir`` has no complete checkpoint yet.
+        """
+        from_args = resume_from_checkpoint is None
+        if from_args:
+            resume_from_checkpoint = self.args.resume_from_checkpoint
+        if _resume_wanted(resume_from_checkpoint):
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None and not from_args:
+                raise ValueError(
+                    f"No complete checkpoint in output_dir {self.args.output_dir!r} to resume from; train without "
+                    "resume_from_checkpoint, or pass a checkpoint path."
+                )
+            if resume_from_checkpoint is None:
+                logger.info("No complete checkpoint in %s yet: training from the start.", self.args.output_dir)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Release format (`FunctionStepPRM.save_pretrained`), trainable weights for exact resume, model card."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir

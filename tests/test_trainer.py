@@ -292,3 +292,57 @@ def test_evaluate_reports_rerank_metrics_and_model_card(tmp_path):
     assert 'FunctionStepPRM.from_pretrained("' in card and "scores.aggregate" in card
     assert "| eval_reranked_pass@1 |" in card
     assert "dreamprm-code" in card.split("---")[1]
+
+
+def test_resume_true_skips_a_checkpoint_whose_save_was_killed(tmp_path, monkeypatch):
+    """A kill during the save of checkpoint-4 (after the weights, before trainer_state.json, which the Trainer
+    writes last) leaves an unfinished checkpoint; resume_from_checkpoint=True continues from checkpoint-2 and
+    ends exactly where an uninterrupted run ends."""
+    from transformers.trainer_callback import TrainerState
+
+    from dreamprm_trl.trainer import last_complete_checkpoint
+
+    train, meta, _ = noisy_task(n_train=4, n_meta=4, train_lengths=(1, 2))
+    kw = dict(per_device_train_batch_size=2, max_steps=4, save_strategy="steps", save_steps=2)
+    full = FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path, output_dir=str(tmp_path / "full"), **kw), train, meta)
+    full.train()
+
+    class Killed(Exception):
+        pass
+
+    real_save = TrainerState.save_to_json
+
+    def save_or_die(self, path):
+        if "checkpoint-4" in path:
+            raise Killed(path)
+        real_save(self, path)
+
+    out = tmp_path / "killed"
+    monkeypatch.setattr(TrainerState, "save_to_json", save_or_die)
+    with pytest.raises(Killed):
+        FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path, output_dir=str(out), **kw), train, meta).train()
+    monkeypatch.undo()
+    assert (out / "checkpoint-4" / "trainable_state.safetensors").is_file()
+    assert not (out / "checkpoint-4" / "trainer_state.json").exists()
+    assert last_complete_checkpoint(out) == str(out / "checkpoint-2")
+
+    resumed = FunctionStepPRMTrainer(tiny_prm(seed=1), _config(tmp_path, output_dir=str(out), **kw), train, meta)
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == 4  # the weights below differ from a fresh seed-1 run's
+    assert _losses(resumed) == pytest.approx(_losses(full), rel=1e-6)  # steps 1-2 from checkpoint-2's history
+    pf, pr = trainable_state(full.model), trainable_state(resumed.model)
+    for k in pf:
+        torch.testing.assert_close(pr[k], pf[k], rtol=0, atol=1e-6)
+    torch.testing.assert_close(resumed.meta_table.z, full.meta_table.z, rtol=0, atol=1e-6)
+
+
+def test_resume_last_from_the_config_starts_afresh_without_checkpoints(tmp_path):
+    train, meta, _ = noisy_task(n_train=4, n_meta=4, train_lengths=(1, 2))
+    empty = str(tmp_path / "empty")
+    trainer = FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path, output_dir=empty, max_steps=2,
+                                                         per_device_train_batch_size=2), train, meta)
+    with pytest.raises(ValueError, match="No complete checkpoint in output_dir"):
+        trainer.train(resume_from_checkpoint=True)
+    trainer.args.resume_from_checkpoint = "last"  # what `--resume_from_checkpoint last` sets
+    trainer.train()
+    assert trainer.state.global_step == 2
