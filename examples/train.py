@@ -12,7 +12,8 @@ On a GPU machine, the same script trains on a Hub backbone and your own data:
         --bf16 --per_device_train_batch_size 4 --push_to_hub --hub_model_id you/dreamprm-code
 
 Every flag of `ExperimentArguments` and `FunctionStepPRMConfig` is accepted, and `--config run.yaml` reads them
-from a YAML file.
+from a YAML file. After a crash, rerun the same command with `--resume_from_checkpoint last`: each variant resumes
+from the last checkpoint whose save finished in its own output directory (or starts afresh if it has none).
 """
 
 from trl import TrlParser

@@ -343,6 +343,10 @@ def test_resume_last_from_the_config_starts_afresh_without_checkpoints(tmp_path)
                                                          per_device_train_batch_size=2), train, meta)
     with pytest.raises(ValueError, match="No complete checkpoint in output_dir"):
         trainer.train(resume_from_checkpoint=True)
-    trainer.args.resume_from_checkpoint = "last"  # what `--resume_from_checkpoint last` sets
+    from trl import TrlParser
+
+    (parsed,) = TrlParser((FunctionStepPRMConfig,)).parse_args_and_config(
+        ["--output_dir", empty, "--resume_from_checkpoint", "last"])  # as examples/train.py parses it
+    trainer.args.resume_from_checkpoint = parsed.resume_from_checkpoint
     trainer.train()
     assert trainer.state.global_step == 2
