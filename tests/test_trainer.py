@@ -337,16 +337,17 @@ def test_resume_true_skips_a_checkpoint_whose_save_was_killed(tmp_path, monkeypa
 
 
 def test_resume_last_from_the_config_starts_afresh_without_checkpoints(tmp_path):
-    train, meta, _ = noisy_task(n_train=4, n_meta=4, train_lengths=(1, 2))
-    empty = str(tmp_path / "empty")
-    trainer = FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path, output_dir=empty, max_steps=2,
-                                                         per_device_train_batch_size=2), train, meta)
-    with pytest.raises(ValueError, match="No complete checkpoint in output_dir"):
-        trainer.train(resume_from_checkpoint=True)
     from trl import TrlParser
 
+    train, meta, _ = noisy_task(n_train=4, n_meta=4, train_lengths=(1, 2))
+    empty = str(tmp_path / "empty")
     (parsed,) = TrlParser((FunctionStepPRMConfig,)).parse_args_and_config(
         ["--output_dir", empty, "--resume_from_checkpoint", "last"])  # as examples/train.py parses it
-    trainer.args.resume_from_checkpoint = parsed.resume_from_checkpoint
-    trainer.train()
+    assert parsed.resume_from_checkpoint == "last"
+    args = _config(tmp_path, output_dir=empty, max_steps=2, per_device_train_batch_size=2,
+                   resume_from_checkpoint=parsed.resume_from_checkpoint)
+    trainer = FunctionStepPRMTrainer(tiny_prm(), args, train, meta)
+    with pytest.raises(ValueError, match="No complete checkpoint in output_dir"):
+        trainer.train(resume_from_checkpoint=True)
+    trainer.train()  # None: the config's "last", and there is nothing to resume
     assert trainer.state.global_step == 2
