@@ -299,8 +299,8 @@ def _items(
             stats.bad(task_id, "unparsable: the program does not parse, so it has no function steps")
             continue
         if need_steps and max_steps is not None and len(steps) > max_steps:
-            stats.bad(task_id, f"too many steps: {len(steps)} steps > max_steps={max_steps} ({len(steps)} "
-                               "prefixes to roll out); raise max_steps (--max_steps) to label it")
+            stats.bad(task_id, f"too many steps: {len(steps)} steps > max_steps={max_steps}; raise max_steps "
+                               "(--max_steps) to label it")
             continue
         key = _hash({"v": CACHE_VERSION, "kind": "final", "problem": _problem_key(problem, suite), "code": code,
                      "executor": exec_cfg})
