@@ -3,9 +3,10 @@
 Each command is one ``add_<name>_command(subparsers)`` function that registers its parser and sets
 ``func``; add a command by writing one and listing it in :data:`COMMANDS`.
 
-Bad input never ends in a traceback: a usage error, or a `USER_ERRORS` exception from the library (a missing
-file, a malformed row, an unknown task id, the missing opt-in), is printed as one line naming the file, row or
-flag and the fix, and the command exits with code 2.
+Bad input never ends in a traceback: a usage error, or an exception `_user_errors` lists (a missing file, a
+malformed row, an unknown task id, the missing opt-in: ``ValueError``, ``OSError``, ...), is printed as one line
+naming the file, row or flag and the fix, and the command exits with code 2 (`EXIT_USAGE`). Warnings are one
+line too.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ def _positive(kind: type) -> Callable[[str], Any]:
             raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
         return value
 
-    parse.__name__ = f"positive {kind.__name__}"
     return parse
 
 
@@ -172,7 +172,8 @@ def add_label_command(subparsers: argparse._SubParsersAction) -> None:
     steps.add_argument("--api_key_env", default=None, help="Environment variable holding the API key.")
     steps.add_argument("--mode", choices=("completions", "chat"), default=None, help="OpenAI endpoint.")
     steps.add_argument("--max_concurrency", type=_positive(int), default=None, help="OpenAI requests in flight.")
-    steps.add_argument("--batch_size", type=_positive(int), default=None, help="Transformers prompts per generate call.")
+    steps.add_argument("--batch_size", type=_positive(int), default=None,
+                       help="Transformers prompts per generate call.")
     steps.add_argument("--rollouts", type=_positive(int), default=16, help="Completions per prefix (M).")
     steps.add_argument("--max_steps", type=_positive(int), default=DEFAULT_MAX_STEPS,
                        help="Programs with more steps are skipped as bad rows ('too many steps'): each step but the "

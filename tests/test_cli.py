@@ -109,8 +109,9 @@ def test_opt_in_error_names_the_flag_and_runs_nothing(capsys, files, monkeypatch
 def test_console_script_exits_2_without_a_traceback(files):
     tmp, problems, _ = files
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, "-m", "dreamprm_trl.cli", *label_final(problems, tmp / "x.jsonl", tmp / "o")],
-                          capture_output=True, text=True, env=env, timeout=300)
+    argv = label_final(problems, tmp / "x.jsonl", tmp / "o")
+    proc = subprocess.run([sys.executable, "-m", "dreamprm_trl.cli", *argv], capture_output=True, text=True, env=env,
+                          timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [f"dreamprm-code label final: error: --candidates: no such data file: "
                                                 f"{tmp / 'x.jsonl'}"]
