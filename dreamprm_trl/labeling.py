@@ -317,7 +317,8 @@ def _run_guarded(executor: SandboxedExecutor, pairs: list[tuple[str, TestSuite]]
     """``executor.run_many(pairs)``, where an exception costs only the program that raised it.
 
     When the batch raises, each program is run alone; one that raises again gets a failed result whose reason
-    starts with :data:`EXECUTOR_ERROR`. The opt-in refusal (``PermissionError`` on an empty batch) is raised.
+    starts with :data:`EXECUTOR_ERROR`. (Refusals that concern every program, such as the missing opt-in, are
+    raised earlier: ``_setup`` runs an empty batch.)
     """
     try:
         return executor.run_many(pairs)
@@ -421,6 +422,7 @@ def _verdicts(items: list[_Item], cache: LabelCache, stats: LabelingStats) -> li
 def _setup(problems, trajectories, executor, shard, cache_dir):
     shard = parse_shard(shard)
     executor = _default_executor(executor)
+    executor.run_many([])  # the opt-in and sandbox checks raise here, before any work, not once per program
     stats = LabelingStats()
     index = _problem_index(problems)
     pairs = _pairs(trajectories)

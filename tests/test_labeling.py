@@ -394,3 +394,9 @@ def test_labelling_memory_is_linear_in_program_size():
         tracemalloc.stop()
         assert ds["rollout_counts"] == [[1] * n]
     assert peaks[1] < 2.7 * peaks[0] and peaks[1] < 64 * 2**20, [p / 2**20 for p in peaks]
+
+
+def test_the_missing_opt_in_is_raised_once_not_turned_into_failures(monkeypatch):
+    monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
+    with pytest.raises(PermissionError, match="allow_code_execution"):
+        label_final([PROBLEM], [("t", POOL["t"][0])], executor=SandboxedExecutor(progress=False), progress=False)
