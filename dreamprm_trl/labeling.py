@@ -664,7 +664,11 @@ def load_problems(spec: str) -> list[Problem]:
         return tasks.problems_from_dataset(load_from_disk(str(path)))
     if not path.is_file():
         raise FileNotFoundError(f"Problems {spec!r}: not one of {BUNDLED} and no such file or directory.")
-    return tasks.problems_from_dataset(tasks.read_rows(path))
+    rows = tasks.read_rows(path)
+    try:
+        return tasks.problems_from_dataset(rows)
+    except ValueError as err:
+        raise ValueError(f"{path} {err}; fix that row (fields of Problem.to_row()).") from None
 
 
 def load_candidates(spec: str | os.PathLike, problems: Iterable[Problem] | None = None) -> dict[str, list[str]]:

@@ -88,6 +88,10 @@ def test_malformed_rows_name_the_file_and_line(capsys, files):
     rows.write_text(json.dumps({"task_id": "add", "code": GOOD}) + "\n\n{not json\n")
     code, err = run(capsys, *label_final(problems, rows, tmp / "out"))
     assert code == 2 and len(err) == 1 and f"--candidates: {rows} line 3: not valid JSON" in err[0]
+    bad_problems = write_jsonl(tmp / "bad_problems.jsonl", [ADD.to_row(), {"task_id": "sub"}])
+    code, err = run(capsys, *label_final(bad_problems, rows, tmp / "out"))
+    assert code == 2 and err == [f"dreamprm-code label final: error: --problems: {bad_problems} row 1 "
+                                 "(task_id='sub'): missing field 'prompt'; fix that row (fields of Problem.to_row())."]
     write_jsonl(rows, [{"task_id": "add", "code": 7}])
     code, err = run(capsys, *label_final(problems, rows, tmp / "out"))
     assert code == 2 and err == [f"dreamprm-code label final: error: --candidates: {rows} row 1: 'code' must be a "
