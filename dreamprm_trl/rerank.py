@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Protocol, Sequence
 
@@ -287,8 +288,7 @@ def rerank_file(
     problems = list(problems)
     by_id = {p.task_id: p for p in problems}
     if len(by_id) != len(problems):
-        seen: set = set()
-        dup = next(p.task_id for p in problems if p.task_id in seen or seen.add(p.task_id))
+        dup = next(t for t, n in Counter(p.task_id for p in problems).items() if n > 1)
         raise ValueError(f"{_name(spec)}: task_id {dup!r} appears more than once; each problem needs its own "
                          "task_id (remove or rename the duplicates).")
     groups = _candidate_rows(candidates, list(problems))
