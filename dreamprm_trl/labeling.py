@@ -460,8 +460,8 @@ def label_final(
     genuine failures; their steps are blank-line blocks). Candidates without a problem, problems without tests,
     programs longer than ``max_code_chars`` (None: no cap) and programs the executor skips (missing third-party
     imports) are bad rows: counted in the returned stats and warned about, never silently dropped. A program on
-    which the executor raises is a failure whose ``status`` is ``runtime_error`` (reason in the stats' log), and
-    is not cached, so a rerun retries it.
+    which the executor raises is a failure whose ``status`` is ``runtime_error`` (the exception is logged and
+    counted in ``stats.executor_errors``), and is not cached, so a rerun retries it.
     """
     executor, stats, index, mine, cache = _setup(problems, candidates, executor, shard, cache_dir)
     items = _items(mine, index, executor.config(), stats, splitter, need_steps=False, max_code_chars=max_code_chars)
@@ -746,17 +746,10 @@ def save_labels(
 
 
 def _swap_dir(new: Path, out: Path) -> None:
-    """Move the finished directory ``new`` to ``out``, replacing what was there (a directory or a file)."""
-    if not out.exists() and not out.is_symlink():
-        os.replace(new, out)
-        return
-    old = new.with_name(new.name + ".old")
-    os.replace(out, old)
+    """Move the finished directory ``new`` to ``out``; what was at ``out`` goes beside ``new`` (to be deleted)."""
+    if out.exists() or out.is_symlink():
+        os.replace(out, new.with_name(new.name + ".old"))
     os.replace(new, out)
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old)
-    else:
-        old.unlink()
 
 
 def _to_dataset(rows: list[dict[str, Any]], columns: list[str]) -> Dataset:
