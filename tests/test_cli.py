@@ -137,6 +137,9 @@ def test_a_run_that_labels_nothing_keeps_the_previous_output(capsys, files):
     from datasets import load_from_disk
 
     assert load_from_disk(str(out))["passed"] == [True, False]
+    one = write_jsonl(tmp / "one.jsonl", [{"task_id": "add", "code": GOOD}])
+    assert run(capsys, *label_final(problems, one, out))[0] == 0  # a good run replaces it
+    assert load_from_disk(str(out))["passed"] == [True] and len((tmp / "labels.jsonl").read_text().splitlines()) == 1
     assert sorted(p.name for p in tmp.iterdir() if p.name.startswith(".")) == []  # no temporary directory left
 
 
