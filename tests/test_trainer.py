@@ -202,11 +202,12 @@ def test_save_resume_restores_meta_state_and_continues_identically(tmp_path):
     full.train()
     ckpt = tmp_path / "a" / "checkpoint-2"
     saved = torch.load(ckpt / "meta_state.pt", weights_only=True)
-    assert {"README.md", "trainable_state.safetensors", "prm_config.json", "head.safetensors"} <= set(os.listdir(ckpt))
+    assert {"config.json", "model.safetensors", "optimizer.pt", "trainer_state.json"} <= set(os.listdir(ckpt))
+    assert (tmp_path / "a" / "README.md").is_file()  # the model card, refreshed at each checkpoint as in TRL
 
     resumed = FunctionStepPRMTrainer(tiny_prm(seed=1), _config(tmp_path, output_dir=str(tmp_path / "b"), **kw),
                                      train, meta)
-    resumed._load_from_checkpoint(str(ckpt))
+    resumed.load_meta_state(str(ckpt))
     assert torch.equal(resumed.meta_table.z, saved["table"]["z"])
     assert not torch.equal(resumed.meta_table.z, resumed.meta_table.phi_init)
     opt = resumed.meta_optimizer.state_dict()["state"][0]
@@ -287,6 +288,7 @@ def test_evaluate_reports_rerank_metrics_and_model_card(tmp_path):
     assert with_labels["eval_loss"] > 0
 
     trainer.save_model(str(tmp_path / "final"))
+    trainer.create_model_card(output_dir=str(tmp_path / "final"))
     card = (tmp_path / "final" / "README.md").read_text()
     assert "meta label correction" in card and "darts" in card
     assert 'FunctionStepPRM.from_pretrained("' in card and "scores.aggregate" in card
