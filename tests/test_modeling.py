@@ -293,3 +293,39 @@ def test_candidates_too_long_for_max_length_score_nan_in_batches_and_raise_alone
     assert "1 of 2 candidates exceed" in caplog.text
     with pytest.raises(ValueError, match="overflow='nan'"):
         prm.score("", STEPS)
+
+
+# ------------------------------------------------------------------------------------------- QLoRA
+def test_4bit_backbone_wraps_without_a_probe_trains_and_reloads(tmp_path):
+    """QLoRA on CPU: a bitsandbytes 4-bit backbone through quantization_config (causality read from its config)."""
+    pytest.importorskip("bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    tok = train_bytelevel_tokenizer(CORPUS, vocab_size=300)
+    model, tok = tiny_causal_backbone(tok)
+    model.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    prm = FunctionStepPRM.from_backbone(str(tmp_path / "base"), quantization_config=quant, attn_implementation="eager")
+    q_proj = prm.backbone.get_base_model().layers[0].self_attn.q_proj
+    assert type(q_proj.base_layer).__name__ == "Linear4bit" and prm.prm_config.backbone_is_causal
+    with pytest.raises(ValueError, match="QLoRA"):
+        FunctionStepPRM.from_backbone(str(tmp_path / "base"), quantization_config=quant, lora_config=None)
+
+    prm.train()
+    batch = prm.collator()([{"prompt": PROMPT, "steps": STEPS, "labels": [1.0, 0.0, 1.0]}])
+    lora_b = q_proj.lora_B["default"].weight.detach().clone()
+    opt = torch.optim.AdamW([p for p in prm.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(4):
+        loss = prm(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] and not torch.equal(q_proj.lora_B["default"].weight, lora_b)
+
+    before = prm.score(PROMPT, STEPS).scores
+    prm.save_pretrained(tmp_path / "qlora")
+    loaded = FunctionStepPRM.from_pretrained(str(tmp_path / "qlora"), quantization_config=quant)
+    assert loaded.score(PROMPT, STEPS).scores == pytest.approx(before, abs=1e-6)

@@ -294,3 +294,23 @@ def test_evaluate_reports_rerank_metrics_and_model_card(tmp_path):
     assert 'FunctionStepPRM.from_pretrained("' in card and "scores.aggregate" in card
     assert "| eval_reranked_pass@1 |" in card
     assert "dreamprm-code" in card.split("---")[1]
+
+
+def test_two_runs_with_the_same_seed_give_identical_losses(tmp_path):
+    """The trainer builds the PRM (head, LoRA, new token rows) from args.seed, whatever the global random state."""
+    from dreamprm_trl.backbones import tiny_causal_backbone
+
+    body, tok = tiny_causal_backbone(GOOD + BAD, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                                     vocab_size=300)
+    body.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    train, meta, _ = noisy_task(n_train=8, n_meta=4)
+    runs = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)  # what ran before differs between the two runs
+        args = _config(tmp_path, output_dir=str(tmp_path / f"run{global_seed}"), max_steps=3,
+                       per_device_train_batch_size=4, seed=7)
+        trainer = FunctionStepPRMTrainer(str(tmp_path / "base"), args, train, meta)
+        trainer.train()
+        runs.append(_losses(trainer))
+    assert len(runs[0]) == 3 and runs[0] == runs[1]
