@@ -486,6 +486,36 @@ class FunctionStepPRM(PreTrainedModel):
             self.config.text_config = self.backbone.config
         return self
 
+    def to_token_classification(self) -> PreTrainedModel:
+        """The PRM as the backbone's standard ``*ForTokenClassification`` with one label (for serving stacks).
+
+        Needs a merged or fully fine-tuned PRM (call `merge_and_unload` first) and a causal backbone (an encoder's
+        causal mask is not part of a standard checkpoint). The returned model's logit at a step marker is the PRM's
+        step logit; ``save_pretrained`` it with ``prm.tokenizer`` and `AutoModelForTokenClassification` (or a
+        serving stack that runs token classification) loads it without this package.
+        """
+        from transformers import AutoModelForTokenClassification
+
+        if self.config.lora:
+            raise ValueError("Call merge_and_unload() before to_token_classification(): LoRA must be folded in.")
+        if not self.config.backbone_is_causal:
+            raise ValueError(
+                "to_token_classification() needs a causal backbone: an encoder's step scores use the PRM's causal "
+                "mask, which a standard token-classification checkpoint does not apply."
+            )
+        text_config = copy.deepcopy(self.backbone.config)
+        text_config.num_labels, text_config.id2label, text_config.label2id = 1, {0: "step_ok"}, {"step_ok": 0}
+        with torch.device("meta"):
+            probe = AutoModelForTokenClassification.from_config(text_config)
+        heads = [n for n, m in probe.named_children() if isinstance(m, nn.Linear) and m.out_features == 1]
+        if len(heads) != 1:
+            raise ValueError(f"Cannot find the one-label head of {type(probe).__name__}; it has {heads}.")
+        state = {f"{probe.base_model_prefix}.{k}": v for k, v in self.backbone.state_dict().items()}
+        state.update({f"{heads[0]}.{k}": v for k, v in self.head.state_dict().items()})
+        out = AutoModelForTokenClassification.from_config(text_config, dtype=self.backbone.dtype)
+        out.load_state_dict(state, strict=True)
+        return out.to(self.device).eval()
+
     # ------------------------------------------------------------------ forward
     def _attention_mask(self, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         if self.prm_config.backbone_is_causal or not self.prm_config.causal_mask:

@@ -329,3 +329,25 @@ def test_4bit_backbone_wraps_without_a_probe_trains_and_reloads(tmp_path):
     prm.save_pretrained(tmp_path / "qlora")
     loaded = FunctionStepPRM.from_pretrained(str(tmp_path / "qlora"), quantization_config=quant)
     assert loaded.score(PROMPT, STEPS).scores == pytest.approx(before, abs=1e-6)
+
+
+def test_merged_prm_exports_a_standard_token_classification_checkpoint(tmp_path):
+    """For serving stacks: Qwen2ForTokenClassification with one label, its logit at each marker = the step logit."""
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    prm = tiny_prm()
+    perturb_lora(prm)
+    prm.eval()
+    batch = prm.collator()([{"prompt": PROMPT, "steps": STEPS}])
+    expected = prm(**batch).step_logits[0]
+    with pytest.raises(ValueError, match="merge_and_unload"):
+        prm.to_token_classification()
+    prm.merge_and_unload().to_token_classification().save_pretrained(tmp_path / "tc")
+    prm.tokenizer.save_pretrained(tmp_path / "tc")
+    tc = AutoModelForTokenClassification.from_pretrained(str(tmp_path / "tc")).eval()
+    assert type(tc).__name__ == "Qwen2ForTokenClassification" and tc.config.num_labels == 1
+    ids = AutoTokenizer.from_pretrained(str(tmp_path / "tc"))(PROMPT)["input_ids"]
+    assert ids == batch["input_ids"][0, : len(ids)].tolist()  # the saved tokenizer encodes as the PRM does
+    with torch.no_grad():
+        logits = tc(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[0, :, 0]
+    torch.testing.assert_close(logits[batch["step_positions"][0]], expected, rtol=0, atol=1e-5)
