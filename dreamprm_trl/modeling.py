@@ -2,6 +2,15 @@
 
 One forward pass scores every step of a candidate (the paper's code runs one pass per prefix). The input format
 (prompt, steps and a trained special marker after each step) is defined once, in `collator.encode_steps`.
+
+Why a `PreTrainedModel` with its own config (`PRMConfig`, registered with `AutoConfig`/`AutoModel`) rather than a
+stock ``*ForTokenClassification``: the PRM carries more than weights - the step token, whether an encoder backbone
+runs under a causal mask (a standard encoder checkpoint cannot express that), the aggregation and loss it was
+trained with - and its forward reads logits at ``step_positions``, the contract the trainer and the meta step use.
+Being a `PreTrainedModel` gives the library's ``save_pretrained``/``from_pretrained``/``push_to_hub``, gradient
+checkpointing and the stock `transformers.Trainer` save and resume path. For serving stacks that know only standard
+architectures, a merged causal PRM exports losslessly to the backbone's own ``*ForTokenClassification`` with one
+label (`FunctionStepPRM.to_token_classification`): its logit at each step marker is the step logit.
 """
 
 from __future__ import annotations

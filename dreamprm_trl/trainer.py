@@ -659,7 +659,8 @@ def build_model_card(
         model_name=name,
         base_model=cfg.backbone or "a backbone built from a config",
         hub_base_model=hub_base,
-        datasets=", ".join(datasets or []) or "step rows with Monte-Carlo labels + whole programs with unit-test verdicts",
+        datasets=", ".join(datasets or [])
+        or "step rows with Monte-Carlo labels + whole programs with unit-test verdicts",
         method=method,
         aggregation=args.score_aggregation,
         step_token=cfg.step_token,

@@ -201,7 +201,8 @@ def test_push_to_hub_then_from_pretrained_by_repo_id(tmp_path, local_hub):
     perturb_lora(prm)
     before = prm.score(PROMPT, STEPS).scores
     prm.push_to_hub("local-user/tiny-prm")  # PreTrainedModel's own push_to_hub (save_pretrained + upload)
-    assert {"config.json", "adapter_config.json", "adapter_model.safetensors"} <= set(local_hub.files("local-user/tiny-prm"))
+    uploaded = set(local_hub.files("local-user/tiny-prm"))
+    assert {"config.json", "adapter_config.json", "adapter_model.safetensors"} <= uploaded
     loaded = FunctionStepPRM.from_pretrained("local-user/tiny-prm")
     assert loaded.score(PROMPT, STEPS).scores == before
 
