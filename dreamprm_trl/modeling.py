@@ -279,6 +279,7 @@ class FunctionStepPRM(PreTrainedModel):
         body_config = backbone.config if backbone is not None else config.text_config
         attn = body_config._attn_implementation
         super().__init__(config)
+        self._builds_backbone = backbone is None
         self.backbone = backbone if backbone is not None else AutoModel.from_config(config.text_config)
         self.head = nn.Linear(config.text_config.hidden_size, 1)
         self.tokenizer = tokenizer
@@ -287,12 +288,16 @@ class FunctionStepPRM(PreTrainedModel):
             self.config._attn_implementation = attn  # set on text_config too (and on the backbone's, shared)
             body_config._attn_implementation = attn
 
+    def initialize_weights(self) -> None:
+        """The head keeps `nn.Linear`'s initialisation (drawn in `__init__`, seeded by `from_backbone`). A backbone
+        passed in arrives initialised, pretrained or not, with any adapter in place (its own initialiser would
+        overwrite LoRA's), so it is left alone; one built here from ``text_config`` (``from_pretrained``, which loads
+        the weights next) is initialised by the library as usual."""
+        if self._builds_backbone:
+            super().initialize_weights()
+
     def _init_weights(self, module: nn.Module) -> None:
-        """Only the head is this class's own; the backbone keeps its (pretrained) weights."""
-        if module is self.head:
-            std = getattr(self.config.text_config, "initializer_range", 0.02)
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            nn.init.zeros_(module.bias)
+        """See `initialize_weights`."""
 
     @property
     def prm_config(self) -> PRMConfig:
@@ -350,10 +355,20 @@ class FunctionStepPRM(PreTrainedModel):
         tokenizer = copy.deepcopy(tokenizer)
         backbone_id, source = _resolve_backbone_id(body)
         new_ids = prepare_tokenizer(tokenizer, step_token)
-        if body.get_input_embeddings().weight.shape[0] < len(tokenizer):
-            with torch.random.fork_rng(devices=[]):  # the new rows are random: seeded, like the head and LoRA
-                torch.manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):  # new token rows, LoRA and head: drawn from `seed` alone
+            torch.manual_seed(seed)
+            if body.get_input_embeddings().weight.shape[0] < len(tokenizer):
                 body.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+            return cls._assemble(body, tokenizer, new_ids, lora_config, quantized, backbone_id, source, step_token,
+                                 causal_mask, aggregation, loss_type, label_smoothing, max_length)
+
+    @classmethod
+    def _assemble(
+        cls, body: PreTrainedModel, tokenizer: Any, new_ids: list[int], lora_config: Any, quantized: bool,
+        backbone_id: str | None, source: str, step_token: str, causal_mask: bool | None, aggregation: str,
+        loss_type: str, label_smoothing: float, max_length: int | None,
+    ) -> FunctionStepPRM:
+        """The `PRMConfig` of a prepared backbone, LoRA on it, then the PRM (the head is drawn last)."""
         if quantized:
             from peft import prepare_model_for_kbit_training
 
@@ -376,11 +391,8 @@ class FunctionStepPRM(PreTrainedModel):
             max_length=max_length or min(limit, 1024),
             backbone_attn_implementation=body.config._attn_implementation,
         )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            prm = cls(config, body, tokenizer)
-            if lora_config is not None:
-                prm.backbone = _wrap_lora(body, lora_config, new_ids)
+        backbone = _wrap_lora(body, lora_config, new_ids) if lora_config is not None else body
+        prm = cls(config, backbone, tokenizer)
         prm.head.to(device=body.device)
         return prm
 

@@ -316,15 +316,17 @@ def test_4bit_backbone_wraps_without_a_probe_trains_and_reloads(tmp_path):
     prm.train()
     batch = prm.collator()([{"prompt": PROMPT, "steps": STEPS, "labels": [1.0, 0.0, 1.0]}])
     lora_b = q_proj.lora_B["default"].weight.detach().clone()
-    opt = torch.optim.AdamW([p for p in prm.parameters() if p.requires_grad], lr=1e-2)
+    opt = torch.optim.AdamW([p for p in prm.parameters() if p.requires_grad], lr=2e-3)
+    torch.manual_seed(0)  # LoRA dropout
     losses = []
-    for _ in range(4):
+    for _ in range(8):
         loss = prm(**batch).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
         losses.append(loss.item())
-    assert losses[-1] < losses[0] and not torch.equal(q_proj.lora_B["default"].weight, lora_b)
+    assert losses[-1] < losses[0] - 0.1, losses  # measured: 0.724 -> 0.590 in 8 steps (seeded, deterministic)
+    assert not torch.equal(q_proj.lora_B["default"].weight, lora_b)
 
     before = prm.score(PROMPT, STEPS).scores
     prm.save_pretrained(tmp_path / "qlora")

@@ -314,3 +314,26 @@ def test_two_runs_with_the_same_seed_give_identical_losses(tmp_path):
         trainer.train()
         runs.append(_losses(trainer))
     assert len(runs[0]) == 3 and runs[0] == runs[1]
+
+
+def test_lora_resume_through_the_stock_trainer_path_restores_the_trained_weights(tmp_path):
+    """LoRA checkpoints hold the trained weights only (model.safetensors); Trainer's own resume reads them back."""
+    train, meta, _ = noisy_task(n_train=4, n_meta=4, train_lengths=(1, 2))
+    kw = dict(per_device_train_batch_size=2, max_steps=4, save_strategy="steps", save_steps=2)
+    full = FunctionStepPRMTrainer(tiny_prm(lora=True), _config(tmp_path, output_dir=str(tmp_path / "a"), **kw),
+                                  train, meta)
+    full.train()
+    assert {"adapter_config.json", "adapter_model.safetensors", "meta_state.pt"} <= set(
+        os.listdir(tmp_path / "a" / "checkpoint-2"))
+    other = tiny_prm(lora=True)  # same frozen backbone, different trained weights
+    with torch.no_grad():
+        for p in other.parameters():
+            if p.requires_grad:
+                p.add_(0.3)
+    resumed = FunctionStepPRMTrainer(other, _config(tmp_path, output_dir=str(tmp_path / "b"), **kw), train, meta)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
+    pf, pr = trainable_state(full.model), trainable_state(resumed.model)
+    assert pf.keys() == pr.keys() and any("lora_A" in k for k in pf)
+    for k in pf:
+        torch.testing.assert_close(pr[k], pf[k], rtol=0, atol=1e-6)
+    torch.testing.assert_close(resumed.meta_table.z, full.meta_table.z, rtol=0, atol=1e-6)
