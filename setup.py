@@ -28,6 +28,7 @@ setup(
         "accelerate>=1.0",
         "evaluate>=0.4",
         "huggingface-hub>=1.0",
+        "jinja2>=3",  # huggingface_hub.ModelCard.from_template renders the model card
         "tqdm",
         "numpy",
         "pyyaml",
