@@ -18,16 +18,17 @@ setup(
     packages=find_packages(include=["dreamprm_trl", "dreamprm_trl.*"]) + ["dreamprm_trl.templates"],
     package_dir={"dreamprm_trl.templates": "model_cards"},
     include_package_data=True,
-    package_data={"dreamprm_trl": ["data/*", "data/**/*", "metric/*"], "dreamprm_trl.templates": ["*.md"]},
+    package_data={"dreamprm_trl": ["data/*", "data/**/*", "metric/*/*"], "dreamprm_trl.templates": ["*.md"]},
     install_requires=[
         "torch>=2.4,<3",
-        "transformers>=5",
+        "transformers>=5.19",  # Trainer.loss_is_scaled_for_ga (5.18 and older divide the loss by GA twice)
         "peft>=0.17",
         "trl>=1.0",
         "datasets>=3",
         "accelerate>=1.0",
         "evaluate>=0.4",
         "huggingface-hub>=1.0",
+        "jinja2>=3",  # huggingface_hub.ModelCard.from_template renders the model card
         "tqdm",
         "numpy",
         "pyyaml",

@@ -41,6 +41,7 @@ _EXPORTS = {
     "step_ground_truth": "labeling",
     "ChainOfFunctionCollator": "collator",
     "FunctionStepPRM": "modeling",
+    "PRMConfig": "modeling",
     "StepScores": "modeling",
     "PRMOutput": "modeling",
     "aggregate_scores": "modeling",
@@ -94,7 +95,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from .labeling import label_final, label_steps, step_ground_truth
     from .collator import ChainOfFunctionCollator
-    from .modeling import FunctionStepPRM, PRMOutput, StepScores, aggregate_scores, step_loss
+    from .modeling import FunctionStepPRM, PRMConfig, PRMOutput, StepScores, aggregate_scores, step_loss
     from .metrics import PASS_AT_1_RERANK, pass_at_k, rerank_metrics, scaling_curve
     from .config import FunctionStepPRMConfig
     from .trainer import FunctionStepPRMTrainer

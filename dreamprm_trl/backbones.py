@@ -139,22 +139,24 @@ def load_tokenizer(name_or_path: str, **kwargs: Any) -> Any:
     return AutoTokenizer.from_pretrained(minilm_path() if name_or_path == MINILM_ID else name_or_path, **kwargs)
 
 
-@torch.no_grad()
-def is_causal_backbone(model: PreTrainedModel) -> bool:
-    """Probe: does changing the last token leave the first token's hidden state unchanged?"""
-    was_training = model.training
-    model.eval()
-    try:
-        vocab = model.get_input_embeddings().weight.shape[0]
-        ids = torch.tensor([[1, 2, 3, 4]]).clamp(max=vocab - 1)
-        other = ids.clone()
-        other[0, -1] = min(7, vocab - 1)
-        dev = next(model.parameters()).device
-        a = model(input_ids=ids.to(dev)).last_hidden_state[0, 0]
-        b = model(input_ids=other.to(dev)).last_hidden_state[0, 0]
-        return bool(torch.allclose(a.float(), b.float(), atol=1e-6, rtol=0))
-    finally:
-        model.train(was_training)
+def is_causal_backbone(model_or_config: Any) -> bool:
+    """Is the backbone a decoder-only (causal) model? Read from its config: no forward pass, so quantised or
+    meta-device models are fine.
+
+    Causal when the config says ``is_decoder``, or when its ``model_type`` has a causal-LM class and no masked-LM
+    class (Qwen2, Llama, GPT-2...; BERT-likes have both and are encoders).
+    """
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    config = getattr(model_or_config, "config", model_or_config)
+    if getattr(config, "is_decoder", False):
+        return True
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    model_type = config.model_type
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
 def pretrain_causal_lm(

@@ -21,8 +21,9 @@ from typing import Sequence
 
 import numpy as np
 
-PASS_AT_1_RERANK: str = os.path.join(os.path.dirname(os.path.abspath(__file__)), "metric", "pass_at_1_rerank.py")
-"""Path of the shipped ``evaluate`` module: ``evaluate.load(PASS_AT_1_RERANK)`` works offline."""
+PASS_AT_1_RERANK: str = os.path.join(os.path.dirname(os.path.abspath(__file__)), "metric", "pass_at_1_rerank")
+"""Folder of the shipped ``evaluate`` metric (module ``pass_at_1_rerank.py`` + card ``README.md``, the layout of a
+Hub metric Space): ``evaluate.load(PASS_AT_1_RERANK)`` works offline."""
 
 TIE_BREAKS = ("mean", "first")
 

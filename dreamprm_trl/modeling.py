@@ -2,25 +2,34 @@
 
 One forward pass scores every step of a candidate (the paper's code runs one pass per prefix). The input format
 (prompt, steps and a trained special marker after each step) is defined once, in `collator.encode_steps`.
+
+Why a `PreTrainedModel` with its own config (`PRMConfig`, registered with `AutoConfig`/`AutoModel`) rather than a
+stock ``*ForTokenClassification``: the PRM carries more than weights - the step token, whether an encoder backbone
+runs under a causal mask (a standard encoder checkpoint cannot express that), the aggregation and loss it was
+trained with - and its forward reads logits at ``step_positions``, the contract the trainer and the meta step use.
+Being a `PreTrainedModel` gives the library's ``save_pretrained``/``from_pretrained``/``push_to_hub``, gradient
+checkpointing and the stock `transformers.Trainer` save and resume path. For serving stacks that know only standard
+architectures, a merged causal PRM exports losslessly to the backbone's own ``*ForTokenClassification`` with one
+label (`FunctionStepPRM.to_token_classification`): its logit at each step marker is the step logit.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub.dataclasses import strict
 from torch import nn
-from transformers import PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
+from transformers.configuration_utils import SubConfigSpec
+from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput
 
 from .backbones import MINILM_ID, is_causal_backbone, load_backbone, load_tokenizer
 from .collator import (
@@ -29,9 +38,8 @@ from .collator import (
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-CONFIG_NAME = "prm_config.json"
-HEAD_NAME = "head.safetensors"
+FORMAT_VERSION = 2
+ADAPTER_CONFIG_NAME = "adapter_config.json"  # PEFT's
 BACKBONE_DIR = "backbone"
 AGGREGATIONS = ("min", "mean", "last", "prod", "logodds")
 LOSS_TYPES = ("bce", "mse")
@@ -144,35 +152,47 @@ class PRMOutput(ModelOutput):
     step_logits: torch.Tensor | None = None
 
 
-@dataclass
-class PRMConfig:
-    """What `FunctionStepPRM.from_pretrained` needs to rebuild a PRM exactly (saved as ``prm_config.json``)."""
+@strict(accept_kwargs=True)
+class PRMConfig(PreTrainedConfig):
+    """Configuration of `FunctionStepPRM` (``config.json``, ``model_type="function_step_prm"``).
 
+    ``text_config`` is the backbone's own config (any `AutoModel` architecture); the other fields say how steps are
+    marked, read and scored. ``backbone`` and ``backbone_source`` say where the frozen backbone weights of a LoRA
+    checkpoint come from (``hub``/``local``: that name or path; ``package``: the packaged MiniLM; ``saved``: the
+    ``backbone/`` folder next to the adapter). A merged or fully fine-tuned checkpoint holds every weight itself.
+    """
+
+    model_type: ClassVar[str] = "function_step_prm"
+    sub_configs_defaults: ClassVar[dict] = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2")}
+
+    text_config: dict | PreTrainedConfig | None = None
     backbone: str | None = None
-    backbone_source: str = "hub"  # hub | local | package | saved (config + weights under backbone/)
-    model_type: str = ""
+    backbone_source: str = "hub"
     step_token: str = STEP_TOKEN
-    new_token_ids: list[int] = field(default_factory=list)
+    new_token_ids: list[int] | None = None
     backbone_is_causal: bool = True
     causal_mask: bool = True
-    lora: bool = True
+    lora: bool = False
     aggregation: str = "min"
     label_format: str = "soft"  # step labels are probabilities in [0, 1] (Monte-Carlo pass rates)
     loss_type: str = "bce"
     label_smoothing: float = 0.0
     max_length: int = 1024
-    attn_implementation: str | None = None
+    backbone_attn_implementation: str | None = None
     format_version: int = FORMAT_VERSION
 
-    @classmethod
-    def from_dict(cls, d: dict) -> PRMConfig:
-        if d.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        if self.format_version > FORMAT_VERSION:
             raise ValueError(
-                f"prm_config format_version {d['format_version']} is newer than this library's "
-                f"({FORMAT_VERSION}); upgrade dreamprm-trl."
+                f"PRMConfig format_version {self.format_version} is newer than this library's ({FORMAT_VERSION}); "
+                "upgrade dreamprm-trl."
             )
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"PRMConfig.aggregation={self.aggregation!r}; choose one of {AGGREGATIONS}.")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"PRMConfig.loss_type={self.loss_type!r}; choose one of {LOSS_TYPES}.")
+        self.new_token_ids = list(self.new_token_ids or [])
 
 
 # ---------------------------------------------------------------------------------------------------- the model
@@ -210,6 +230,18 @@ def default_lora_config() -> Any:
     return LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, bias="none")
 
 
+def _wrap_lora(body: PreTrainedModel, lora_config: Any, new_ids: list[int]) -> Any:
+    """``get_peft_model`` with LoRA on ``lora_config.target_modules`` (default q/k/v/o) and the new token rows."""
+    from peft import get_peft_model
+
+    lora_config = default_lora_config() if lora_config == "default" else copy.deepcopy(lora_config)
+    if lora_config.target_modules is None:
+        lora_config.target_modules = default_lora_targets(body)
+    extra = lora_config.trainable_token_indices or []
+    lora_config.trainable_token_indices = sorted(set(extra) | set(new_ids))
+    return get_peft_model(body, lora_config)
+
+
 def _resolve_backbone_id(body: PreTrainedModel) -> tuple[str | None, str]:
     name = getattr(body.config, "_name_or_path", "") or getattr(body, "name_or_path", "") or ""
     if name == MINILM_ID:
@@ -221,8 +253,12 @@ def _resolve_backbone_id(body: PreTrainedModel) -> tuple[str | None, str]:
     return None, "saved"
 
 
-class FunctionStepPRM(nn.Module):
+class FunctionStepPRM(PreTrainedModel):
     """Process reward model for code: backbone (LoRA) + ``head`` Linear(hidden, 1) read at each step marker.
+
+    A `transformers.PreTrainedModel` with its own `PRMConfig`, registered with `AutoConfig` and `AutoModel`. The
+    LoRA adapter (and the trained rows of the new tokens) lives in ``backbone``, a `peft.PeftModel`, and is saved in
+    PEFT's format; ``merge_and_unload()`` folds it in, after which `save_pretrained` writes a plain checkpoint.
 
     ``causal_mask`` (encoders only; causal LMs are causal anyway): ``True`` applies a causal attention mask so the
     score of step k sees the prompt and steps 1..k only - it equals the per-prefix score and cannot peek at later
@@ -230,13 +266,43 @@ class FunctionStepPRM(nn.Module):
     (no longer a prefix score; one-pass != per-prefix).
     """
 
-    def __init__(self, backbone: nn.Module, tokenizer: Any, prm_config: PRMConfig, head: nn.Linear | None = None):
-        super().__init__()
-        self.backbone = backbone
+    config_class = PRMConfig
+    base_model_prefix = "backbone"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+
+    def __init__(self, config: PRMConfig, backbone: nn.Module | None = None, tokenizer: Any = None):
+        # PreTrainedModel.__init__ resets the sub-config's attention choice; the backbone keeps the one it runs with.
+        body_config = backbone.config if backbone is not None else config.text_config
+        attn = body_config._attn_implementation
+        super().__init__(config)
+        self._builds_backbone = backbone is None
+        self.backbone = backbone if backbone is not None else AutoModel.from_config(config.text_config)
+        self.head = nn.Linear(config.text_config.hidden_size, 1)
         self.tokenizer = tokenizer
-        self.prm_config = prm_config
-        hidden = backbone.get_input_embeddings().weight.shape[1]
-        self.head = head if head is not None else nn.Linear(hidden, 1)
+        self.post_init()
+        if attn is not None:
+            self.config._attn_implementation = attn  # set on text_config too (and on the backbone's, shared)
+            body_config._attn_implementation = attn
+
+    def initialize_weights(self) -> None:
+        """The head keeps `nn.Linear`'s initialisation (drawn in `__init__`, seeded by `from_backbone`). A backbone
+        passed in arrives initialised, pretrained or not, with any adapter in place (its own initialiser would
+        overwrite LoRA's), so it is left alone; one built here from ``text_config`` (``from_pretrained``, which loads
+        the weights next) is initialised by the library as usual."""
+        if self._builds_backbone:
+            super().initialize_weights()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """See `initialize_weights`."""
+
+    @property
+    def prm_config(self) -> PRMConfig:
+        """The PRM's settings (``self.config``; the name other modules use)."""
+        return self.config
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -253,6 +319,9 @@ class FunctionStepPRM(nn.Module):
         max_length: int | None = None,
         attn_implementation: str | None = None,
         dtype: torch.dtype | None = None,
+        quantization_config: Any = None,
+        seed: int = 0,
+        **load_kwargs: Any,
     ) -> FunctionStepPRM:
         """Wrap a backbone (Hub id, local path or model object) as a fresh PRM.
 
@@ -260,11 +329,15 @@ class FunctionStepPRM(nn.Module):
         tokenizer, the embeddings are resized and the new rows trained (PEFT ``trainable_token_indices``).
         ``lora_config``: ``"default"`` (r=8, alpha=16, dropout 0.05 on q/k/v/o), a `peft.LoraConfig`
         (``target_modules=None`` picks q/k/v/o), or ``None`` to train the whole backbone.
-        ``causal_mask`` defaults to True (see the class docstring).
+        ``causal_mask`` defaults to True (see the class docstring). ``quantization_config`` (e.g. a 4-bit
+        `BitsAndBytesConfig`) loads a name/path quantised for QLoRA; a quantised backbone is prepared with
+        `peft.prepare_model_for_kbit_training` and needs LoRA. The head and LoRA are initialised from ``seed``
+        alone, whatever the global random state: the same arguments give the same PRM.
         """
         if isinstance(model_or_path, str):
-            kwargs = {k: v for k, v in (("attn_implementation", attn_implementation), ("dtype", dtype)) if v}
-            body = load_backbone(model_or_path, **kwargs)
+            kwargs = {"attn_implementation": attn_implementation, "dtype": dtype,
+                      "quantization_config": quantization_config, **load_kwargs}
+            body = load_backbone(model_or_path, **{k: v for k, v in kwargs.items() if v is not None})
             tokenizer = tokenizer or load_tokenizer(model_or_path)
         else:
             body = model_or_path
@@ -276,82 +349,102 @@ class FunctionStepPRM(nn.Module):
         if hasattr(body, "peft_config"):
             raise ValueError("from_backbone takes a plain transformers model; pass the base model, not a PeftModel.")
         body = getattr(body, "base_model", body)
+        quantized = bool(getattr(body, "is_quantized", False))
+        if quantized and lora_config is None:
+            raise ValueError("A quantised backbone cannot be fine-tuned in full; pass a lora_config (QLoRA).")
         tokenizer = copy.deepcopy(tokenizer)
         backbone_id, source = _resolve_backbone_id(body)
-        is_causal = is_causal_backbone(body)
         new_ids = prepare_tokenizer(tokenizer, step_token)
-        if body.get_input_embeddings().weight.shape[0] < len(tokenizer):
-            body.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.random.fork_rng(devices=[]):  # new token rows, LoRA and head: drawn from `seed` alone
+            torch.manual_seed(seed)
+            if body.get_input_embeddings().weight.shape[0] < len(tokenizer):
+                body.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+            return cls._assemble(body, tokenizer, new_ids, lora_config, quantized, backbone_id, source, step_token,
+                                 causal_mask, aggregation, loss_type, label_smoothing, max_length)
+
+    @classmethod
+    def _assemble(
+        cls, body: PreTrainedModel, tokenizer: Any, new_ids: list[int], lora_config: Any, quantized: bool,
+        backbone_id: str | None, source: str, step_token: str, causal_mask: bool | None, aggregation: str,
+        loss_type: str, label_smoothing: float, max_length: int | None,
+    ) -> FunctionStepPRM:
+        """The `PRMConfig` of a prepared backbone, LoRA on it, then the PRM (the head is drawn last)."""
+        if quantized:
+            from peft import prepare_model_for_kbit_training
+
+            body = prepare_model_for_kbit_training(body, use_gradient_checkpointing=False)
         limit = getattr(body.config, "max_position_embeddings", None) or 1024
         max_length = fit_max_length(body, max_length, default_limit=limit) if max_length else None
-        cfg = PRMConfig(
+        config = PRMConfig(
+            attn_implementation=body.config._attn_implementation,  # PRMConfig sets it on text_config too
+            text_config=body.config,
             backbone=backbone_id,
             backbone_source=source,
-            model_type=body.config.model_type,
             step_token=step_token,
             new_token_ids=new_ids,
-            backbone_is_causal=is_causal,
+            backbone_is_causal=is_causal_backbone(body),
             causal_mask=True if causal_mask is None else bool(causal_mask),
             lora=lora_config is not None,
             aggregation=aggregation,
             loss_type=loss_type,
             label_smoothing=label_smoothing,
             max_length=max_length or min(limit, 1024),
-            attn_implementation=body.config._attn_implementation,
+            backbone_attn_implementation=body.config._attn_implementation,
         )
-        if lora_config is not None:
-            from peft import get_peft_model
-
-            lora_config = default_lora_config() if lora_config == "default" else copy.deepcopy(lora_config)
-            if lora_config.target_modules is None:
-                lora_config.target_modules = default_lora_targets(body)
-            extra = lora_config.trainable_token_indices or []
-            lora_config.trainable_token_indices = sorted(set(extra) | set(new_ids))
-            body = get_peft_model(body, lora_config)
-        head = nn.Linear(body.get_input_embeddings().weight.shape[1], 1)
-        return cls(body, tokenizer, cfg, head)
+        backbone = _wrap_lora(body, lora_config, new_ids) if lora_config is not None else body
+        prm = cls(config, backbone, tokenizer)
+        prm.head.to(device=body.device)
+        return prm
 
     @classmethod
     def from_pretrained(
-        cls, path_or_hub_id: str, is_trainable: bool = False, revision: str | None = None, **load_kwargs: Any
+        cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, is_trainable: bool = False,
+        revision: str | None = None, **kwargs: Any,
     ) -> FunctionStepPRM:
-        """Load a PRM written by `save_pretrained` from a local directory or a Hub repo."""
-        path = path_or_hub_id
+        """Load a PRM written by `save_pretrained` from a local directory or a Hub repo (also `AutoModel`'s path).
+
+        A merged or fully fine-tuned checkpoint is read by `PreTrainedModel.from_pretrained` (``kwargs`` go there).
+        A LoRA checkpoint loads its backbone (by name, or from ``backbone/``; ``kwargs`` such as ``dtype`` or
+        ``quantization_config`` go to that load), then the adapter with `peft.PeftModel.from_pretrained`
+        (``is_trainable`` as there), then the head.
+        """
+        path = str(pretrained_model_name_or_path)
         if not os.path.isdir(path):
             from huggingface_hub import snapshot_download
 
-            path = snapshot_download(path_or_hub_id, revision=revision)
-        cfg_file = os.path.join(path, CONFIG_NAME)
-        if not os.path.isfile(cfg_file):
-            raise FileNotFoundError(f"{path_or_hub_id!r} has no {CONFIG_NAME}; it was not saved by FunctionStepPRM.")
-        with open(cfg_file, encoding="utf-8") as f:
-            cfg = PRMConfig.from_dict(json.load(f))
-        if cfg.attn_implementation and "attn_implementation" not in load_kwargs:
-            load_kwargs["attn_implementation"] = cfg.attn_implementation
+            path = snapshot_download(path, revision=revision)
         tokenizer = load_tokenizer(path)
-        if cfg.backbone_source == "saved":
-            body = load_backbone(os.path.join(path, BACKBONE_DIR), **load_kwargs)
+        if not os.path.isfile(os.path.join(path, ADAPTER_CONFIG_NAME)):
+            model = super().from_pretrained(path, *model_args, **kwargs)
+            model.tokenizer = tokenizer
+            return model
+        from peft import PeftModel
+
+        config = PRMConfig.from_pretrained(path)
+        if config.backbone_attn_implementation:
+            kwargs.setdefault("attn_implementation", config.backbone_attn_implementation)
+        if config.backbone_source == "saved" or not config.backbone:
+            body = load_backbone(os.path.join(path, BACKBONE_DIR), **kwargs)
         else:
-            body = load_backbone(cfg.backbone, **load_kwargs)
+            body = load_backbone(config.backbone, **kwargs)
         if body.get_input_embeddings().weight.shape[0] != len(tokenizer):
             body.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        if cfg.lora:
-            from peft import PeftModel
+        if getattr(body, "is_quantized", False):
+            from peft import prepare_model_for_kbit_training
 
-            body = PeftModel.from_pretrained(body, path, is_trainable=is_trainable)
+            body = prepare_model_for_kbit_training(body, use_gradient_checkpointing=False)
+        model = cls(config, body, tokenizer)  # before the adapter: post_init must not re-initialise LoRA weights
+        model.backbone = PeftModel.from_pretrained(body, path, is_trainable=is_trainable)
         from safetensors.torch import load_file
 
-        state = load_file(os.path.join(path, HEAD_NAME))
-        head = nn.Linear(state["weight"].shape[1], 1)
-        head.load_state_dict(state)
-        return cls(body, tokenizer, cfg, head)
+        state = load_file(os.path.join(path, SAFE_WEIGHTS_NAME))
+        model.head.load_state_dict({k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")})
+        return model.to(body.device).eval()
 
     # ------------------------------------------------------------------ saving
     def _base_state_dict(self) -> dict[str, torch.Tensor]:
         """Backbone weights without adapters, under the plain model's keys (checked against a meta-device copy)."""
-        from transformers import AutoModel
-
-        body = self.backbone.get_base_model() if self.prm_config.lora else self.backbone
+        body = self.backbone.get_base_model() if self.config.lora else self.backbone
         out = {}
         for key, value in body.state_dict().items():
             if any(tag in key for tag in ("lora_", "trainable_tokens_", "modules_to_save")):
@@ -367,72 +460,82 @@ class FunctionStepPRM(nn.Module):
             )
         return out
 
-    def save_pretrained(self, save_directory: str, save_backbone: bool | None = None) -> None:
-        """Write adapter (+ trained token rows), ``head.safetensors``, tokenizer and ``prm_config.json``.
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, state_dict: dict | None = None, is_main_process: bool = True,
+        save_backbone: bool | None = None, **kwargs: Any,
+    ) -> None:
+        """`PreTrainedModel.save_pretrained`, plus the tokenizer and, with LoRA, PEFT's adapter files.
 
-        The backbone weights go to ``backbone/`` when they cannot be re-loaded by name (a model built from a
-        config, a merged or fully fine-tuned model) or when ``save_backbone=True``.
+        Without LoRA (merged or fully fine-tuned) this is the library's plain checkpoint (``config.json`` +
+        ``model.safetensors``), loadable with `AutoModel`. With LoRA, ``model.safetensors`` holds only the trained
+        weights (head, LoRA, new token rows: what `transformers.Trainer` resumes from), next to
+        ``adapter_config.json`` + ``adapter_model.safetensors`` (PEFT's own format) and, when the backbone cannot be
+        re-loaded by name (a model built from a config) or ``save_backbone=True``, the frozen backbone in
+        ``backbone/``.
         """
+        if not self.config.lora:
+            super().save_pretrained(save_directory, state_dict=state_dict, is_main_process=is_main_process, **kwargs)
+        else:
+            trained = [n for n, p in self.named_parameters() if p.requires_grad] or ["head.weight", "head.bias"]
+            source = state_dict if state_dict is not None else self.state_dict()
+            trained_state = {n: source[n].detach().contiguous() for n in trained if n in source}
+            super().save_pretrained(save_directory, state_dict=trained_state, is_main_process=is_main_process,
+                                    **kwargs)
+            self.backbone.save_pretrained(save_directory, is_main_process=is_main_process)
+            if save_backbone or (save_backbone is None and self.config.backbone_source == "saved"):
+                self._save_base_backbone(os.path.join(save_directory, BACKBONE_DIR), is_main_process)
+        if is_main_process and self.tokenizer is not None:
+            self.tokenizer.save_pretrained(save_directory)
+
+    def _save_base_backbone(self, directory: str, is_main_process: bool) -> None:
         from safetensors.torch import save_file
 
-        os.makedirs(save_directory, exist_ok=True)
-        cfg = copy.deepcopy(self.prm_config)
-        if save_backbone is None:
-            save_backbone = cfg.backbone_source == "saved" or not cfg.lora
-        if save_backbone:
-            base = self.backbone.get_base_model() if cfg.lora else self.backbone
-            bdir = os.path.join(save_directory, BACKBONE_DIR)
-            base.config.save_pretrained(bdir)
-            save_file(self._base_state_dict(), os.path.join(bdir, "model.safetensors"), metadata={"format": "pt"})
-            cfg.backbone_source = "saved"
-        if cfg.lora:
-            self.backbone.save_pretrained(save_directory)
-        save_file({k: v.detach().contiguous() for k, v in self.head.state_dict().items()},
-                  os.path.join(save_directory, HEAD_NAME))
-        self.tokenizer.save_pretrained(save_directory)
-        with open(os.path.join(save_directory, CONFIG_NAME), "w", encoding="utf-8") as f:
-            json.dump(asdict(cfg), f, indent=2, sort_keys=True)
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        private: bool | None = None,
-        token: str | None = None,
-        commit_message: str = "Upload FunctionStepPRM",
-        model_card: str | None = None,
-        revision: str | None = None,
-    ) -> Any:
-        """Save to a temporary folder and upload it (``create_repo`` + ``upload_folder``).
-
-        ``model_card`` (markdown, e.g. from the trainer's card helper) is written as the repo's README.md.
-        """
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp)
-            if model_card is not None:
-                with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
-                    f.write(model_card)
-            return api.upload_folder(
-                repo_id=repo_id, folder_path=tmp, commit_message=commit_message, revision=revision
-            )
+        if not is_main_process:
+            return
+        base = self.backbone.get_base_model()
+        base.config.save_pretrained(directory)
+        save_file(self._base_state_dict(), os.path.join(directory, SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
 
     def merge_and_unload(self) -> FunctionStepPRM:
-        """Fold LoRA and the trained token rows into the backbone (for release); saving then writes full weights."""
-        if self.prm_config.lora:
+        """Fold LoRA and the trained token rows into the backbone (PEFT's ``merge_and_unload``), in place.
+
+        `save_pretrained` then writes a plain checkpoint that ``AutoModel.from_pretrained`` loads (with
+        ``dreamprm_trl.modeling`` imported, which registers the architecture)."""
+        if self.config.lora:
             self.backbone = self.backbone.merge_and_unload()
-            self.prm_config.lora = False
-            self.prm_config.backbone_source = "saved"
+            self.config.lora = False
+            self.config.text_config = self.backbone.config
         return self
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        """Activation checkpointing in the backbone (what `transformers.Trainer` calls)."""
-        base = self.backbone.get_base_model() if self.prm_config.lora else self.backbone
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
-        if self.prm_config.lora:
-            base.enable_input_require_grads()
+    def to_token_classification(self) -> PreTrainedModel:
+        """The PRM as the backbone's standard ``*ForTokenClassification`` with one label (for serving stacks).
+
+        Needs a merged or fully fine-tuned PRM (call `merge_and_unload` first) and a causal backbone (an encoder's
+        causal mask is not part of a standard checkpoint). The returned model's logit at a step marker is the PRM's
+        step logit; ``save_pretrained`` it with ``prm.tokenizer`` and `AutoModelForTokenClassification` (or a
+        serving stack that runs token classification) loads it without this package.
+        """
+        from transformers import AutoModelForTokenClassification
+
+        if self.config.lora:
+            raise ValueError("Call merge_and_unload() before to_token_classification(): LoRA must be folded in.")
+        if not self.config.backbone_is_causal:
+            raise ValueError(
+                "to_token_classification() needs a causal backbone: an encoder's step scores use the PRM's causal "
+                "mask, which a standard token-classification checkpoint does not apply."
+            )
+        text_config = copy.deepcopy(self.backbone.config)
+        text_config.num_labels, text_config.id2label, text_config.label2id = 1, {0: "step_ok"}, {"step_ok": 0}
+        with torch.device("meta"):
+            probe = AutoModelForTokenClassification.from_config(text_config)
+        heads = [n for n, m in probe.named_children() if isinstance(m, nn.Linear) and m.out_features == 1]
+        if len(heads) != 1:
+            raise ValueError(f"Cannot find the one-label head of {type(probe).__name__}; it has {heads}.")
+        state = {f"{probe.base_model_prefix}.{k}": v for k, v in self.backbone.state_dict().items()}
+        state.update({f"{heads[0]}.{k}": v for k, v in self.head.state_dict().items()})
+        out = AutoModelForTokenClassification.from_config(text_config, dtype=self.backbone.dtype)
+        out.load_state_dict(state, strict=True)
+        return out.to(self.device).eval()
 
     # ------------------------------------------------------------------ forward
     def _attention_mask(self, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -480,10 +583,6 @@ class FunctionStepPRM(nn.Module):
         return PRMOutput(loss=loss, step_logits=logits)
 
     # ------------------------------------------------------------------ inference
-    @property
-    def device(self) -> torch.device:
-        return self.head.weight.device
-
     def collator(self, max_length: int | None = None, **kwargs: Any) -> ChainOfFunctionCollator:
         """A `ChainOfFunctionCollator` matching this PRM's tokenizer, step token and max length."""
         return ChainOfFunctionCollator(
@@ -585,3 +684,6 @@ class FunctionStepPRM(nn.Module):
         """Parameters that training updates (LoRA, head, step-marker rows)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
+
+AutoConfig.register(PRMConfig.model_type, PRMConfig)
+AutoModel.register(PRMConfig, FunctionStepPRM)

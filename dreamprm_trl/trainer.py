@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
-import string
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +34,12 @@ from .correction import (
     exact_hypergradient,
     label_loss_grad,
 )
+from .model_card import build_model_card
 from .modeling import FunctionStepPRM, aggregate_scores, fit_max_length, step_loss
 
 logger = logging.getLogger(__name__)
 
 META_STATE_NAME = "meta_state.pt"
-TRAINABLE_STATE_NAME = "trainable_state.safetensors"
-MODEL_CARD_TEMPLATE = "prm_model_card.md"
 _MODEL_INPUTS = ("input_ids", "attention_mask", "step_positions")
 
 
@@ -167,6 +164,7 @@ class FunctionStepPRMTrainer(Trainer):
             self.meta_optimizer = torch.optim.Adam(self.meta_table.parameters(), lr=args.meta_learning_rate)
         self._window: list[dict[str, Tensor]] = []
         self._meta_logs: dict[str, list[float]] = defaultdict(list)
+        self.add_callback(_MetaStateCallback(self))  # the meta table goes into every checkpoint
 
     # ------------------------------------------------------------------------------------------- construction
     @staticmethod
@@ -174,8 +172,9 @@ class FunctionStepPRMTrainer(Trainer):
         if isinstance(model, str):
             if peft_config is None:
                 peft_config = args.lora_config()
-            model = FunctionStepPRM.from_backbone(
-                model, lora_config=peft_config, step_token=args.step_token, max_length=args.max_length
+            model = FunctionStepPRM.from_backbone(  # head, LoRA and new token rows seeded by args.seed
+                model, lora_config=peft_config, step_token=args.step_token, max_length=args.max_length,
+                seed=args.seed,
             )
         elif not isinstance(model, FunctionStepPRM):
             raise TypeError(
@@ -514,7 +513,8 @@ class FunctionStepPRMTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------- checkpoints
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
-        """`Trainer.train`, where resuming from "the last checkpoint" skips checkpoints whose save never finished.
+        """`Trainer.train`, where resuming restores the meta table too, and "the last checkpoint" skips checkpoints
+        whose save never finished.
 
         ``resume_from_checkpoint`` is a checkpoint path, or True (also ``"true"``/``"last"``) for the last
         complete checkpoint of ``output_dir`` (a ``ValueError`` if there is none). When it is None,
@@ -533,71 +533,36 @@ class FunctionStepPRMTrainer(Trainer):
                 )
             if resume_from_checkpoint is None:
                 logger.info("No complete checkpoint in %s yet: training from the start.", self.args.output_dir)
+        if resume_from_checkpoint:
+            self.load_meta_state(str(resume_from_checkpoint))  # the model itself comes back through Trainer.train
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Release format (`FunctionStepPRM.save_pretrained`), trainable weights for exact resume, model card."""
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if not self.args.should_save:
+    # The model is saved and restored by the stock Trainer (`FunctionStepPRM.save_pretrained`; on resume the trained
+    # weights come back from ``model.safetensors``). Only the meta table is this trainer's own state: a callback
+    # writes it into each checkpoint, and `train` reads it back before resuming.
+    def save_meta_state(self, directory: str) -> None:
+        """Write the meta table and its Adam state to ``directory/meta_state.pt`` (no-op without a meta table)."""
+        if self.meta_table is None or not self.args.should_save:
             return
-        from safetensors.torch import save_file
-        from transformers.trainer import TRAINING_ARGS_NAME
+        os.makedirs(directory, exist_ok=True)
+        torch.save(
+            {
+                "kind": self.meta_table.kind,
+                "num_rows": len(self.noisy_labels),
+                "table": {k: v.cpu() for k, v in self.meta_table.state_dict().items()},
+                "optimizer": self.meta_optimizer.state_dict(),
+            },
+            os.path.join(directory, META_STATE_NAME),
+        )
 
-        os.makedirs(output_dir, exist_ok=True)
-        prm = self.accelerator.unwrap_model(self.model)
-        prm.save_pretrained(output_dir)
-        trainable = {n: p.detach().contiguous().cpu() for n, p in prm.named_parameters() if p.requires_grad}
-        save_file(trainable, os.path.join(output_dir, TRAINABLE_STATE_NAME), metadata={"format": "pt"})
-        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
-        self.create_model_card(output_dir=output_dir)
-
-    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        if self.meta_table is not None and self.args.should_save:
-            run_dir = self._get_output_dir(trial=trial)
-            out = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            os.makedirs(out, exist_ok=True)
-            torch.save(
-                {
-                    "kind": self.meta_table.kind,
-                    "num_rows": len(self.noisy_labels),
-                    "table": {k: v.cpu() for k, v in self.meta_table.state_dict().items()},
-                    "optimizer": self.meta_optimizer.state_dict(),
-                },
-                os.path.join(out, META_STATE_NAME),
-            )
-        super()._save_checkpoint(model, trial)
-
-    def _load_trainable_state(self, checkpoint: str) -> None:
-        from safetensors.torch import load_file
-
-        path = os.path.join(checkpoint, TRAINABLE_STATE_NAME)
-        if not os.path.isfile(path):
-            raise ValueError(
-                f"{checkpoint!r} has no {TRAINABLE_STATE_NAME}; it was not written by FunctionStepPRMTrainer."
-            )
-        prm = self.accelerator.unwrap_model(self.model)
-        state = load_file(path, device=str(self.args.device))
-        expected = {n for n, p in prm.named_parameters() if p.requires_grad}
-        if set(state) != expected:
-            raise ValueError(
-                f"{path} holds {len(state)} tensors but the PRM trains {len(expected)}; "
-                f"missing {sorted(expected - set(state))[:5]}, unexpected {sorted(set(state) - expected)[:5]}. "
-                "Resume with the same model and LoRA settings."
-            )
-        with torch.no_grad():
-            params = dict(prm.named_parameters())
-            for name, value in state.items():
-                params[name].copy_(value)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        """Restore trainable weights, the meta table and the meta optimizer from a checkpoint."""
-        self._load_trainable_state(resume_from_checkpoint)
+    def load_meta_state(self, checkpoint: str) -> None:
+        """Restore the meta table and its Adam state from a checkpoint written during training."""
         if self.meta_table is None:
             return
-        path = os.path.join(resume_from_checkpoint, META_STATE_NAME)
+        path = os.path.join(checkpoint, META_STATE_NAME)
         if not os.path.isfile(path):
             raise ValueError(
-                f"{resume_from_checkpoint!r} has no {META_STATE_NAME} but meta_method={self.args.meta_method!r}; "
+                f"{checkpoint!r} has no {META_STATE_NAME} but meta_method={self.args.meta_method!r}; "
                 "resume with the meta_method the checkpoint was trained with."
             )
         state = torch.load(path, map_location=self.args.device, weights_only=True)
@@ -610,8 +575,12 @@ class FunctionStepPRMTrainer(Trainer):
         self.meta_table.load_state_dict(state["table"])
         self.meta_optimizer.load_state_dict(state["optimizer"])
 
-    def _load_best_model(self) -> None:
-        self._load_trainable_state(self.state.best_model_checkpoint)
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """As TRL's trainers: refresh the model card in ``output_dir``, then the stock checkpoint."""
+        model_name = Path(self.args.output_dir).name if self.args.hub_model_id is None else (
+            self.args.hub_model_id.split("/")[-1])
+        self.create_model_card(model_name=model_name)
+        super()._save_checkpoint(model, trial)
 
     # ------------------------------------------------------------------------------------------- model card
     def create_model_card(
@@ -622,90 +591,21 @@ class FunctionStepPRMTrainer(Trainer):
         output_dir: str | None = None,
         **kwargs: Any,
     ) -> None:
-        """Write ``README.md`` (rendered from ``model_cards/prm_model_card.md``) into ``output_dir``."""
+        """Write ``README.md`` (a `huggingface_hub.ModelCard` from ``model_cards/prm_model_card.md``) into
+        ``output_dir`` (default ``args.output_dir``), as TRL's trainers do."""
         if not self.is_world_process_zero():
             return
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
-        card = render_model_card(self, model_name=model_name, dataset_name=dataset_name, tags=tags)
-        with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as f:
-            f.write(card)
+        card = build_model_card(self, model_name=model_name, dataset_name=dataset_name, tags=tags)
+        card.save(os.path.join(output_dir, "README.md"))
 
 
-# ----------------------------------------------------------------------------------------------- model card
-def _template() -> str:
-    try:
-        return resources.files("dreamprm_trl").joinpath("templates", MODEL_CARD_TEMPLATE).read_text("utf-8")
-    except (FileNotFoundError, OSError):
-        repo = Path(__file__).resolve().parents[1] / "model_cards" / MODEL_CARD_TEMPLATE
-        return repo.read_text(encoding="utf-8")
+class _MetaStateCallback(TrainerCallback):
+    """Writes the trainer's meta table into every checkpoint folder the stock Trainer saves."""
 
+    def __init__(self, trainer: FunctionStepPRMTrainer):
+        self.trainer = trainer
 
-def _lora_summary(prm: FunctionStepPRM) -> str:
-    peft_config = getattr(prm.backbone, "peft_config", None)
-    if not prm.prm_config.lora or not peft_config:
-        return "none, full fine-tuning"
-    cfg = next(iter(peft_config.values()))
-    targets = ", ".join(sorted(cfg.target_modules)) if cfg.target_modules else "default"
-    return f"r={cfg.r}, alpha={cfg.lora_alpha}, dropout={cfg.lora_dropout} on {targets}"
-
-
-def _metrics_table(log_history: list[dict]) -> str:
-    latest: dict[str, float] = {}
-    for entry in log_history:
-        for k, v in entry.items():
-            if isinstance(v, (int, float)) and (k.startswith("eval_") or k in ("loss", "meta/loss", "meta/label_shift",
-                                                                            "meta/labels_crossed")):
-                latest[k] = v
-    if not latest:
-        return "No metrics logged yet."
-    rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in sorted(latest.items()))
-    return "| metric | value |\n|---|---|\n" + rows
-
-
-def render_model_card(
-    trainer: FunctionStepPRMTrainer,
-    model_name: str | None = None,
-    dataset_name: str | list[str] | None = None,
-    tags: str | list[str] | None = None,
-) -> str:
-    """The PRM model card: base model, data, method, metrics and how to score a candidate."""
-    args = trainer.args
-    prm = trainer.accelerator.unwrap_model(trainer.model)
-    base = prm.prm_config.backbone or "a backbone built from a config"
-    tags = [tags] if isinstance(tags, str) else list(tags or [])
-    datasets = [dataset_name] if isinstance(dataset_name, str) else list(dataset_name or [])
-    name = model_name or args.hub_model_id or Path(args.output_dir).name
-    method = {
-        "label_correction": "meta label correction (bi-level, learnable step labels, "
-        f"{args.hypergradient} hypergradient)",
-        "sample_reweighting": f"meta sample reweighting (bi-level, a learnable weight per row, {args.hypergradient})",
-        "none": "plain PRM training on Monte-Carlo step labels (no meta learning)",
-    }[args.meta_method]
-    front = ["---", "library_name: dreamprm-trl"]
-    if prm.prm_config.backbone and prm.prm_config.backbone_source == "hub":
-        front.append(f"base_model: {prm.prm_config.backbone}")
-    front.append("tags:")
-    front += [f"- {t}" for t in dict.fromkeys(trainer._tag_names + tags)]
-    if datasets:
-        front.append("datasets:")
-        front += [f"- {d}" for d in datasets]
-    front.append("---")
-    return string.Template(_template()).safe_substitute(
-        front_matter="\n".join(front),
-        model_name=name,
-        base_model=base,
-        datasets=", ".join(datasets) or "step rows with Monte-Carlo labels + whole programs with unit-test verdicts",
-        method=method,
-        aggregation=args.score_aggregation,
-        step_token=prm.prm_config.step_token,
-        num_train_rows=len(trainer.noisy_labels),
-        num_meta_rows=len(trainer.meta_dataset) if trainer.meta_dataset is not None else 0,
-        learning_rate=args.learning_rate,
-        meta_learning_rate=args.meta_learning_rate,
-        label_loss=args.label_loss,
-        lora=_lora_summary(prm),
-        global_step=trainer.state.global_step,
-        metrics_table=_metrics_table(trainer.state.log_history),
-        repo_id=args.hub_model_id or name,
-    )
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trainer.save_meta_state(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))

@@ -40,6 +40,12 @@ def local_hub(tmp_path, monkeypatch) -> FakeHub:
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HUGGINGFACE_HUB_CACHE", str(cache), raising=False)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True, raising=False)
+    try:  # transformers keeps one shared HfApi (endpoint fixed at creation): start a fresh one for this hub
+        import transformers.utils.hub as transformers_hub
+
+        monkeypatch.setattr(transformers_hub, "_hf_api", None, raising=False)
+    except ImportError:  # pragma: no cover - transformers is optional for the Hub-only tests
+        pass
     try:
         yield hub
     finally:

@@ -114,7 +114,9 @@ def test_function_step_prm_push_to_hub_then_from_pretrained_scores_identically(l
     from safetensors.torch import load as load_safetensors
 
     from dreamprm_trl.backbones import tiny_causal_backbone
-    from dreamprm_trl.modeling import CONFIG_NAME, HEAD_NAME, FunctionStepPRM
+    from huggingface_hub import HfApi
+
+    from dreamprm_trl.modeling import FunctionStepPRM
 
     code = [
         "def add(a, b):\n    return a + b\n",
@@ -129,16 +131,18 @@ def test_function_step_prm_push_to_hub_then_from_pretrained_scores_identically(l
             if "lora_B" in name or name.startswith("head."):
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
     card = "---\nlicense: apache-2.0\nlibrary_name: dreamprm_trl\ntags:\n- process-reward-model\n---\n# Tiny PRM\n"
-    prm.push_to_hub("org/tiny-prm", model_card=card, commit_message="Upload tiny PRM")
+    prm.push_to_hub("org/tiny-prm", commit_message="Upload tiny PRM")  # PreTrainedModel's push_to_hub
+    HfApi().upload_file(path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id="org/tiny-prm")
 
     files = local_hub.files("org/tiny-prm")
-    for name in ("adapter_config.json", "adapter_model.safetensors", HEAD_NAME, CONFIG_NAME, "README.md"):
+    for name in ("adapter_config.json", "adapter_model.safetensors", "model.safetensors", "config.json", "README.md"):
         assert name in files, f"{name} missing from {sorted(files)}"
     assert files["README.md"] == card.encode()
-    assert local_hub.commit_titles("org/tiny-prm")[0] == "Upload tiny PRM"
-    head = load_safetensors(files[HEAD_NAME])
-    assert torch.equal(head["weight"], prm.head.weight) and torch.equal(head["bias"], prm.head.bias)
-    assert json.loads(files[CONFIG_NAME])["step_token"] == prm.prm_config.step_token
+    assert "Upload tiny PRM" in local_hub.commit_titles("org/tiny-prm")
+    trained = load_safetensors(files["model.safetensors"])
+    assert torch.equal(trained["head.weight"], prm.head.weight) and torch.equal(trained["head.bias"], prm.head.bias)
+    config = json.loads(files["config.json"])
+    assert config["model_type"] == "function_step_prm" and config["step_token"] == prm.prm_config.step_token
     adapter = load_safetensors(files["adapter_model.safetensors"])
     assert any("lora_B" in k for k in adapter) and all(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
     prm.save_pretrained(str(tmp_path / "local"))  # the upload is exactly what save_pretrained writes
@@ -176,7 +180,7 @@ def test_trainer_push_to_hub_uploads_a_loadable_prm_with_model_card(local_hub, t
     from tiny_prm import noisy_task, tiny_prm
 
     from dreamprm_trl import FunctionStepPRMConfig, FunctionStepPRMTrainer
-    from dreamprm_trl.modeling import CONFIG_NAME, HEAD_NAME, FunctionStepPRM
+    from dreamprm_trl.modeling import FunctionStepPRM
 
     train, meta, _ = noisy_task(n_train=8, n_meta=4)
     config = FunctionStepPRMConfig(
@@ -189,10 +193,20 @@ def test_trainer_push_to_hub_uploads_a_loadable_prm_with_model_card(local_hub, t
     trainer.push_to_hub(commit_message="End of training")
 
     files = local_hub.files("org/trained-prm")
-    for name in ("adapter_config.json", "adapter_model.safetensors", HEAD_NAME, CONFIG_NAME, "README.md"):
+    for name in ("adapter_config.json", "adapter_model.safetensors", "model.safetensors", "config.json", "README.md"):
         assert name in files, f"{name} missing from {sorted(files)}"
     card = files["README.md"].decode()
     assert card.startswith("---\n") and "dreamprm" in card.lower()
+    from huggingface_hub import ModelCard  # the card is a valid Hub card, laid out like TRL's
+
+    card_data = ModelCard(card).data
+    assert card_data.library_name == "transformers" and "dreamprm-code" in card_data.tags
+    assert card_data.model_name == "trained-prm"
+    import peft
+    import transformers
+
+    assert f"- transformers: {transformers.__version__}" in card and f"- peft: {peft.__version__}" in card
+    assert "@article{dreamprmcode2025" in card and "arXiv 2512.15000" in card
     assert local_hub.commit_titles("org/trained-prm")[0] == "End of training"
 
     prm = trainer.accelerator.unwrap_model(trainer.model)

@@ -189,5 +189,7 @@ def test_evaluate_module_loads_offline_and_matches_function(tmp_path):
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got == pytest.approx(rerank_metrics(scores, passed, ks=(1, 2), n_bootstrap=100, seed=4))
     assert got["reranked_pass@1"] == pytest.approx((1 + 1 / 3 + 0) / 3)
-    assert os.path.isfile(PASS_AT_1_RERANK) and PASS_AT_1_RERANK.endswith(os.path.join("metric", "pass_at_1_rerank.py"))
-    assert "def rerank_metrics" not in open(PASS_AT_1_RERANK).read()
+    module = os.path.join(PASS_AT_1_RERANK, "pass_at_1_rerank.py")  # evaluate needs folder name == module name
+    assert os.path.basename(PASS_AT_1_RERANK) == "pass_at_1_rerank" and os.path.isfile(module)
+    assert "def rerank_metrics" not in open(module).read()
+    assert open(os.path.join(PASS_AT_1_RERANK, "README.md")).read().startswith("---\ntitle: pass_at_1_rerank")

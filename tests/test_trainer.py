@@ -202,11 +202,12 @@ def test_save_resume_restores_meta_state_and_continues_identically(tmp_path):
     full.train()
     ckpt = tmp_path / "a" / "checkpoint-2"
     saved = torch.load(ckpt / "meta_state.pt", weights_only=True)
-    assert {"README.md", "trainable_state.safetensors", "prm_config.json", "head.safetensors"} <= set(os.listdir(ckpt))
+    assert {"config.json", "model.safetensors", "optimizer.pt", "trainer_state.json"} <= set(os.listdir(ckpt))
+    assert (tmp_path / "a" / "README.md").is_file()  # the model card, refreshed at each checkpoint as in TRL
 
     resumed = FunctionStepPRMTrainer(tiny_prm(seed=1), _config(tmp_path, output_dir=str(tmp_path / "b"), **kw),
                                      train, meta)
-    resumed._load_from_checkpoint(str(ckpt))
+    resumed.load_meta_state(str(ckpt))
     assert torch.equal(resumed.meta_table.z, saved["table"]["z"])
     assert not torch.equal(resumed.meta_table.z, resumed.meta_table.phi_init)
     opt = resumed.meta_optimizer.state_dict()["state"][0]
@@ -287,6 +288,7 @@ def test_evaluate_reports_rerank_metrics_and_model_card(tmp_path):
     assert with_labels["eval_loss"] > 0
 
     trainer.save_model(str(tmp_path / "final"))
+    trainer.create_model_card(output_dir=str(tmp_path / "final"))
     card = (tmp_path / "final" / "README.md").read_text()
     assert "meta label correction" in card and "darts" in card
     assert 'FunctionStepPRM.from_pretrained("' in card and "scores.aggregate" in card
@@ -322,7 +324,7 @@ def test_resume_true_skips_a_checkpoint_whose_save_was_killed(tmp_path, monkeypa
     with pytest.raises(Killed):
         FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path, output_dir=str(out), **kw), train, meta).train()
     monkeypatch.undo()
-    assert (out / "checkpoint-4" / "trainable_state.safetensors").is_file()
+    assert (out / "checkpoint-4" / "model.safetensors").is_file()
     assert not (out / "checkpoint-4" / "trainer_state.json").exists()
     assert last_complete_checkpoint(out) == str(out / "checkpoint-2")
 
@@ -351,3 +353,46 @@ def test_resume_last_from_the_config_starts_afresh_without_checkpoints(tmp_path)
         trainer.train(resume_from_checkpoint=True)
     trainer.train()  # None: the config's "last", and there is nothing to resume
     assert trainer.state.global_step == 2
+
+
+def test_two_runs_with_the_same_seed_give_identical_losses(tmp_path):
+    """The trainer builds the PRM (head, LoRA, new token rows) from args.seed, whatever the global random state."""
+    from dreamprm_trl.backbones import tiny_causal_backbone
+
+    body, tok = tiny_causal_backbone(GOOD + BAD, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                                     vocab_size=300)
+    body.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    train, meta, _ = noisy_task(n_train=8, n_meta=4)
+    runs = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)  # what ran before differs between the two runs
+        args = _config(tmp_path, output_dir=str(tmp_path / f"run{global_seed}"), max_steps=3,
+                       per_device_train_batch_size=4, seed=7)
+        trainer = FunctionStepPRMTrainer(str(tmp_path / "base"), args, train, meta)
+        trainer.train()
+        runs.append(_losses(trainer))
+    assert len(runs[0]) == 3 and runs[0] == runs[1]
+
+
+def test_lora_resume_through_the_stock_trainer_path_restores_the_trained_weights(tmp_path):
+    """LoRA checkpoints hold the trained weights only (model.safetensors); Trainer's own resume reads them back."""
+    train, meta, _ = noisy_task(n_train=4, n_meta=4, train_lengths=(1, 2))
+    kw = dict(per_device_train_batch_size=2, max_steps=4, save_strategy="steps", save_steps=2)
+    full = FunctionStepPRMTrainer(tiny_prm(lora=True), _config(tmp_path, output_dir=str(tmp_path / "a"), **kw),
+                                  train, meta)
+    full.train()
+    assert {"adapter_config.json", "adapter_model.safetensors", "meta_state.pt"} <= set(
+        os.listdir(tmp_path / "a" / "checkpoint-2"))
+    other = tiny_prm(lora=True)  # same frozen backbone, different trained weights
+    with torch.no_grad():
+        for p in other.parameters():
+            if p.requires_grad:
+                p.add_(0.3)
+    resumed = FunctionStepPRMTrainer(other, _config(tmp_path, output_dir=str(tmp_path / "b"), **kw), train, meta)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
+    pf, pr = trainable_state(full.model), trainable_state(resumed.model)
+    assert pf.keys() == pr.keys() and any("lora_A" in k for k in pf)
+    for k in pf:
+        torch.testing.assert_close(pr[k], pf[k], rtol=0, atol=1e-6)
+    torch.testing.assert_close(resumed.meta_table.z, full.meta_table.z, rtol=0, atol=1e-6)

@@ -24,7 +24,7 @@ def tiny_prm(seed: int = 0, hidden_size: int = 32, lora: bool = False, attn: str
         from peft import LoraConfig
 
         lora_config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
-    return FunctionStepPRM.from_backbone(body, tok, lora_config=lora_config)
+    return FunctionStepPRM.from_backbone(body, tok, lora_config=lora_config, seed=seed)
 
 
 def program(rng: random.Random, lengths=(2, 3), p_good: float = 0.7) -> tuple[list[str], list[float]]:

@@ -1,4 +1,4 @@
-"""`evaluate` module for reranked pass@1: ``evaluate.load(dreamprm_trl.metrics.PASS_AT_1_RERANK)``.
+"""`evaluate` module for reranked pass@1: ``evaluate.load(dreamprm_trl.metrics.PASS_AT_1_RERANK)`` (this folder).
 
 A thin wrapper; the maths lives in :func:`dreamprm_trl.metrics.rerank_metrics`.
 """
