@@ -427,12 +427,18 @@ class FunctionStepPRM(nn.Module):
             self.prm_config.backbone_source = "saved"
         return self
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        """Activation checkpointing in the backbone (what `transformers.Trainer` calls)."""
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
+        """Activation checkpointing in the backbone (what `transformers.Trainer` calls, with its arguments)."""
         base = self.backbone.get_base_model() if self.prm_config.lora else self.backbone
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs, every_n_layers, offload)
         if self.prm_config.lora:
             base.enable_input_require_grads()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
+        """Deprecated transformers name of `activation_checkpointing_enable`."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
 
     # ------------------------------------------------------------------ forward
     def _attention_mask(self, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

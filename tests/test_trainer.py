@@ -66,19 +66,22 @@ def test_config_cli_yaml_and_validation(tmp_path):
 def test_constructor_errors(tmp_path):
     train, meta, _ = noisy_task(n_train=4, n_meta=4)
     with pytest.raises(ValueError, match="needs meta_dataset"):
-        FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path), train)
+        FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path), train_dataset=train)
     with pytest.raises(ValueError, match="step-label column"):
-        FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path), train.remove_columns("mc_labels"), meta)
+        FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path), train_dataset=train.remove_columns("mc_labels"),
+                               meta_dataset=meta)
     with pytest.raises(TypeError, match="FunctionStepPRMConfig"):
         from transformers import TrainingArguments
 
-        FunctionStepPRMTrainer(tiny_prm(), TrainingArguments(output_dir=str(tmp_path)), train, meta)
-    trainer = FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path), train, meta)
+        FunctionStepPRMTrainer(tiny_prm(), TrainingArguments(output_dir=str(tmp_path)), train_dataset=train,
+                               meta_dataset=meta)
+    trainer = FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path), train_dataset=train, meta_dataset=meta)
     trainer.is_fsdp_enabled = True
     with pytest.raises(ValueError, match="cannot run under FSDP"):
         trainer._check_meta_step_supported()
     with pytest.raises(ValueError, match="attn_implementation='eager'"):
-        FunctionStepPRMTrainer(tiny_prm(attn="sdpa"), _config(tmp_path, hypergradient="exact"), train, meta)
+        FunctionStepPRMTrainer(tiny_prm(attn="sdpa"), _config(tmp_path, hypergradient="exact"),
+                               train_dataset=train, meta_dataset=meta)
 
 
 def test_meta_schedule_warmup_and_interval(tmp_path):
@@ -86,7 +89,7 @@ def test_meta_schedule_warmup_and_interval(tmp_path):
     train, meta, _ = noisy_task(n_train=4, n_meta=4)
     trainer = FunctionStepPRMTrainer(tiny_prm(), _config(
         tmp_path, per_device_train_batch_size=1, gradient_accumulation_steps=2, max_steps=7, meta_warmup_steps=2,
-        meta_interval=2), train, meta)
+        meta_interval=2), train_dataset=train, meta_dataset=meta)
     seen = []
     original = trainer.meta_step
 
@@ -113,7 +116,7 @@ def test_gradient_accumulation_matches_full_batch(tmp_path, meta_method):
     for bs, ga in ((4, 1), (2, 2)):
         trainer = FunctionStepPRMTrainer(
             tiny_prm(), _config(tmp_path, per_device_train_batch_size=bs, gradient_accumulation_steps=ga,
-                                max_steps=2, meta_method=meta_method), train, meta)
+                                max_steps=2, meta_method=meta_method), train_dataset=train, meta_dataset=meta)
         if bs == 4:
             prm, collate = trainer.model, trainer.data_collator
             batch = collate([dict(r) for r in trainer.train_dataset])
@@ -162,7 +165,8 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     train, meta, _ = noisy_task(n_train=8, n_meta=8, train_lengths=(1, 2, 3))
     assert not torch.allclose(lc0["table"], LabelTable(train["mc_labels"]).z)  # the meta step ran
     single = FunctionStepPRMTrainer(
-        tiny_prm(), _config(tmp_path, per_device_train_batch_size=4, max_steps=3, meta_method="none"), train, meta)
+        tiny_prm(), _config(tmp_path, per_device_train_batch_size=4, max_steps=3, meta_method="none"),
+        train_dataset=train, meta_dataset=meta)
     single.train()
     ddp = torch.load(out / "none_rank0.pt")
     torch.testing.assert_close(_losses(single), ddp["losses"], rtol=1e-5, atol=0)
@@ -176,7 +180,8 @@ def test_trainer_darts_matches_exact_hypergradient(tmp_path):
     """The trainer's DARTS path (closed-form label gradient, scatter into the table) agrees with torch.func."""
     train, meta, _ = noisy_task(n_train=6, n_meta=6, train_lengths=(1, 2, 3))
     for method in ("label_correction", "sample_reweighting"):
-        trainer = FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path, meta_method=method), train, meta)
+        trainer = FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path, meta_method=method),
+                                         train_dataset=train, meta_dataset=meta)
         prm = trainer.model
         with torch.no_grad():
             trainer.meta_table.phi.add_(0.3 * torch.randn(trainer.meta_table.phi.shape))
@@ -198,14 +203,15 @@ def test_trainer_darts_matches_exact_hypergradient(tmp_path):
 def test_save_resume_restores_meta_state_and_continues_identically(tmp_path):
     train, meta, _ = noisy_task(n_train=4, n_meta=4, train_lengths=(1, 2))
     kw = dict(per_device_train_batch_size=2, max_steps=4, save_strategy="steps", save_steps=2)
-    full = FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path, output_dir=str(tmp_path / "a"), **kw), train, meta)
+    full = FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path, output_dir=str(tmp_path / "a"), **kw),
+                                  train_dataset=train, meta_dataset=meta)
     full.train()
     ckpt = tmp_path / "a" / "checkpoint-2"
     saved = torch.load(ckpt / "meta_state.pt", weights_only=True)
     assert {"README.md", "trainable_state.safetensors", "prm_config.json", "head.safetensors"} <= set(os.listdir(ckpt))
 
     resumed = FunctionStepPRMTrainer(tiny_prm(seed=1), _config(tmp_path, output_dir=str(tmp_path / "b"), **kw),
-                                     train, meta)
+                                     train_dataset=train, meta_dataset=meta)
     resumed._load_from_checkpoint(str(ckpt))
     assert torch.equal(resumed.meta_table.z, saved["table"]["z"])
     assert not torch.equal(resumed.meta_table.z, resumed.meta_table.phi_init)
@@ -214,7 +220,7 @@ def test_save_resume_restores_meta_state_and_continues_identically(tmp_path):
     assert torch.equal(opt["exp_avg_sq"], saved["optimizer"]["state"][0]["exp_avg_sq"])
 
     resumed = FunctionStepPRMTrainer(tiny_prm(seed=1), _config(tmp_path, output_dir=str(tmp_path / "b"), **kw),
-                                     train, meta)
+                                     train_dataset=train, meta_dataset=meta)
     resumed.train(resume_from_checkpoint=str(ckpt))
     torch.testing.assert_close(resumed.meta_table.z, full.meta_table.z, rtol=0, atol=1e-6)
     pf, pr = trainable_state(full.model), trainable_state(resumed.model)
@@ -235,7 +241,7 @@ def _synthetic_run(tmp_path, **kw):
     train, meta, truth = noisy_task(n_train=64, n_meta=16, flip=0.3, train_lengths=(1,))
     args = _config(tmp_path, per_device_train_batch_size=64, max_steps=60, meta_warmup_steps=30,
                    lr_scheduler_type="constant", meta_learning_rate=0.2, meta_batch_size=16, logging_steps=10, **kw)
-    trainer = FunctionStepPRMTrainer(tiny_prm(hidden_size=64), args, train, meta)
+    trainer = FunctionStepPRMTrainer(tiny_prm(hidden_size=64), args, train_dataset=train, meta_dataset=meta)
     trainer.train()
     return trainer, train, truth
 
@@ -271,7 +277,7 @@ def test_evaluate_reports_rerank_metrics_and_model_card(tmp_path):
               for t in range(3) for s in (GOOD[t], BAD[t], BAD[t + 1])]
     eval_ds = datasets.Dataset.from_list(groups)
     trainer = FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path, max_steps=2, per_device_train_batch_size=4),
-                                     train, meta, eval_dataset=eval_ds)
+                                     train_dataset=train, meta_dataset=meta, eval_dataset=eval_ds)
     trainer.train()
     metrics = trainer.evaluate()
     scores = [s.aggregate("min") for s in trainer.model.score_batch([(g["prompt"], g["steps"]) for g in groups],
