@@ -141,7 +141,17 @@ def load_tokenizer(name_or_path: str, **kwargs: Any) -> Any:
 
 @torch.no_grad()
 def is_causal_backbone(model: PreTrainedModel) -> bool:
-    """Probe: does changing the last token leave the first token's hidden state unchanged?"""
+    """Probe: does changing the last token leave the first token's hidden state unchanged?
+
+    A quantised model is not run (its kernels may change state on an inference forward): it is causal when its
+    ``model_type`` has a causal-LM head and no masked-LM head in transformers' Auto mappings."""
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+        )
+
+        kind = model.config.model_type
+        return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
     was_training = model.training
     model.eval()
     try:

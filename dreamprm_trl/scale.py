@@ -28,6 +28,18 @@ def is_quantized(model: nn.Module) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
+def keep_quantized_trainable(model: nn.Module) -> None:
+    """Stop bitsandbytes repacking 4-bit weights for CPU inference on an eval-mode forward (meta passes, scoring).
+
+    On CPUs with AVX512-BF16 such a forward converts the weights, in place and for good, to a packed layout whose
+    kernel supports no gradients; the next training forward then fails ("a view of a leaf Variable that requires
+    grad is being used in an in-place operation"). GPUs never take that path.
+    """
+    for sub in model.modules():
+        if getattr(sub, "support_avx512bf16_for_cpu", False):
+            sub.support_avx512bf16_for_cpu = False
+
+
 def model_init_kwargs(args: Any, quantization_config: Any = None) -> dict[str, Any]:
     """``args.model_init_kwargs`` ready for ``from_pretrained``: ``dtype`` as a torch dtype (``float32`` unless
     set, as in TRL), a dict ``quantization_config`` as a `BitsAndBytesConfig`, a device map for quantised loads."""
@@ -56,7 +68,10 @@ def model_init_kwargs(args: Any, quantization_config: Any = None) -> dict[str, A
 
 def load_training_backbone(name_or_path: str, args: Any, quantization_config: Any = None) -> nn.Module:
     """`backbones.load_backbone` with the trainer's ``model_init_kwargs`` (see `model_init_kwargs`)."""
-    return load_backbone(name_or_path, **model_init_kwargs(args, quantization_config))
+    model = load_backbone(name_or_path, **model_init_kwargs(args, quantization_config))
+    if is_quantized(model):
+        keep_quantized_trainable(model)
+    return model
 
 
 def add_adapters(prm: Any, peft_config: Any) -> None:
