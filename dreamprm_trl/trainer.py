@@ -288,12 +288,12 @@ class FunctionStepPRMTrainer(Trainer):
         outputs = model(**{k: inputs[k] for k in _MODEL_INPUTS})
         targets, weights = self._targets(inputs)
         mask = targets != IGNORE_INDEX
-        per_step = step_loss(
-            outputs.step_logits, targets.to(outputs.step_logits.dtype), mask, self.args.label_loss,
+        per_step = step_loss(  # in fp32: soft labels such as 0.3 are not bf16 numbers
+            outputs.step_logits.float(), targets.float(), mask, self.args.label_loss,
             self.args.label_smoothing, reduction="none",
         )
         if weights is not None:
-            per_step = per_step * weights[:, None].to(per_step.dtype)
+            per_step = per_step * weights[:, None].float()
         if num_items_in_batch is not None and model.training:
             denom = torch.as_tensor(num_items_in_batch, device=per_step.device).clamp(min=1)
             loss = per_step.sum() / denom * self.accelerator.num_processes
