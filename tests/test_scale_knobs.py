@@ -133,7 +133,7 @@ def test_gradient_checkpointing_trains_and_checkpoints_the_meta_passes(tmp_path)
     calls.clear()
     with_ckpt, _ = trainer.compute_hypergradient(trainer.model, [batch], None)
     assert len(calls) == len(layers)  # the meta loss's forward+backward is checkpointed, in eval-mode dropout
-    trainer.model.backbone.get_base_model().gradient_checkpointing_disable()
+    trainer.model.backbone.get_base_model().activation_checkpointing_disable()
     without, _ = trainer.compute_hypergradient(trainer.model, [batch], None)
     torch.testing.assert_close(with_ckpt, without, rtol=1e-5, atol=1e-9)
 
