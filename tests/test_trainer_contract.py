@@ -187,3 +187,22 @@ def test_prm_built_by_the_trainer_is_a_function_step_prm(tmp_path):
     trainer = FunctionStepPRMTrainer(body, _config(tmp_path), train_dataset=train, processing_class=tok)
     assert isinstance(trainer.model, FunctionStepPRM)
     assert trainer.model.backbone.peft_config["default"].r == 8  # args.lora_config() when no peft_config
+
+
+def test_model_init_kwargs_from_the_command_line_and_their_normalisation(tmp_path):
+    from transformers import BitsAndBytesConfig, HfArgumentParser
+
+    from dreamprm_trl.scale import model_init_kwargs
+
+    (args,) = HfArgumentParser(FunctionStepPRMConfig).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--model_init_kwargs",
+         '{"dtype": "bfloat16", "quantization_config": {"load_in_4bit": true}}'])
+    kwargs = model_init_kwargs(args)
+    assert kwargs["dtype"] is torch.bfloat16
+    assert isinstance(kwargs["quantization_config"], BitsAndBytesConfig)
+    assert kwargs["quantization_config"].load_in_4bit and kwargs["device_map"] == {"": args.device}
+    assert model_init_kwargs(_config(tmp_path))["dtype"] is torch.float32  # TRL's default
+    with pytest.raises(ValueError, match="set both as a trainer argument and in args.model_init_kwargs"):
+        model_init_kwargs(args, quantization_config=BitsAndBytesConfig(load_in_8bit=True))
+    with pytest.raises(ValueError, match="dtype='half_float' is not a torch dtype"):
+        model_init_kwargs(_config(tmp_path, model_init_kwargs={"dtype": "half_float"}))
