@@ -239,6 +239,13 @@ class FunctionStepPRMTrainer(Trainer):
                 "training does not expose. Use DDP (`accelerate launch --multi_gpu`, torchrun) or "
                 "meta_method='none'."
             )
+        checkpointing = self.args.gradient_checkpointing or getattr(self.args, "activation_checkpointing", False)
+        if self.args.hypergradient == "exact" and checkpointing:
+            raise ValueError(
+                "hypergradient='exact' differentiates through torch.func, which activation checkpointing (and the "
+                "input-grad hook PEFT needs with it) does not support; use hypergradient='darts' (checkpointed meta "
+                "passes) or gradient_checkpointing=False."
+            )
         if self.args.hypergradient == "exact":
             impl = getattr(getattr(self._backbone_body(), "config", None), "_attn_implementation", "eager")
             if impl not in (None, "eager"):

@@ -136,6 +136,8 @@ def test_gradient_checkpointing_trains_and_checkpoints_the_meta_passes(tmp_path)
     trainer.model.backbone.get_base_model().activation_checkpointing_disable()
     without, _ = trainer.compute_hypergradient(trainer.model, [batch], None)
     torch.testing.assert_close(with_ckpt, without, rtol=1e-5, atol=1e-9)
+    with pytest.raises(ValueError, match="hypergradient='exact' differentiates through torch.func"):
+        _trainer(tmp_path, gradient_checkpointing=True, hypergradient="exact")
 
 
 # ------------------------------------------------------------------------------------------------- bf16
