@@ -123,7 +123,7 @@ def unscaled_grads(grads: Sequence[Tensor], scaler: Any = None) -> list[Tensor] 
     optimizer step); ``scaler`` is the Accelerator's `torch.amp.GradScaler` (``None`` or disabled: no scaling).
     """
     scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
-    out = [g.detach().float() / scale for g in grads]
+    out = [g.detach() if scale == 1.0 else g.detach().float() / scale for g in grads]
     if not all(torch.isfinite(g).all() for g in out):
         return None
     return out
