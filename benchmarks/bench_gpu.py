@@ -253,8 +253,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     tiny = args.tiny
     defaults = {"sizes": ["tiny"] if tiny else ["qwen2.5-0.5b", "qwen2.5-1.5b"], "seq_len": 512 if tiny else 2048,
-                "batch": 2 if tiny else 4, "candidates": 2 if tiny else 16, "repeats": 1 if tiny else 3, "warmup": 0 if tiny else 1,
-                "out": str(RESULTS / ("gpu_tiny" if tiny else "gpu"))}
+                "batch": 2 if tiny else 4, "candidates": 2 if tiny else 16, "repeats": 1 if tiny else 3,
+                "warmup": 0 if tiny else 1, "out": str(RESULTS / ("gpu_tiny" if tiny else "gpu"))}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
