@@ -179,13 +179,15 @@ class FunctionStepPRMTrainer(Trainer):
             self.noisy_labels = []  # a stream without label correction: rows are never indexed
         if meta is not None:
             meta = materialize(prepare_dataset(meta, "meta", "meta_dataset", tokenizer)[0])
+        return train, meta, self._prepare_eval(evaluation, tokenizer)
+
+    def _prepare_eval(self, evaluation: Any, tokenizer: Any, name: str = "eval_dataset") -> Any:
+        """An eval dataset (or a dict of them) validated and converted to step rows, in memory."""
         if isinstance(evaluation, dict):
-            evaluation = {k: materialize(prepare_dataset(v, "eval", f"eval_dataset[{k!r}]", tokenizer,
-                                                         self.label_key)[0]) for k, v in evaluation.items()}
-        elif evaluation is not None:
-            evaluation = materialize(prepare_dataset(evaluation, "eval", "eval_dataset", tokenizer,
-                                                     self.label_key)[0])
-        return train, meta, evaluation
+            return {k: self._prepare_eval(v, tokenizer, f"{name}[{k!r}]") for k, v in evaluation.items()}
+        if evaluation is None:
+            return None
+        return materialize(prepare_dataset(evaluation, "eval", name, tokenizer, self.label_key)[0])
 
     @staticmethod
     def _build_model(
@@ -509,7 +511,8 @@ class FunctionStepPRMTrainer(Trainer):
         ``score_aggregation``; `metrics.rerank_metrics` gives reranked pass@1 (PRM pick), mean pass@1 (random
         pick), oracle pass@N and bootstrap CIs, logged as ``{prefix}_reranked_pass@1`` etc.
         """
-        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        dataset = self._prepare_eval(eval_dataset, self.processing_class) if eval_dataset is not None \
+            else self.eval_dataset
         if isinstance(dataset, dict):
             out: dict[str, float] = {}
             for name, ds in dataset.items():

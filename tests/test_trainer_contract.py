@@ -206,3 +206,17 @@ def test_model_init_kwargs_from_the_command_line_and_their_normalisation(tmp_pat
         model_init_kwargs(args, quantization_config=BitsAndBytesConfig(load_in_8bit=True))
     with pytest.raises(ValueError, match="dtype='half_float' is not a torch dtype"):
         model_init_kwargs(_config(tmp_path, model_init_kwargs={"dtype": "half_float"}))
+
+
+def test_evaluate_accepts_completions_rows_at_call_time(tmp_path):
+    train, _, _ = noisy_task(n_train=4)
+    groups = [{"task_id": f"p{t}", "prompt": "# task\n", "steps": [s], "passed": s in GOOD}
+              for t in range(3) for s in (GOOD[t], BAD[t], BAD[t + 1])]
+    ours = datasets.Dataset.from_list(groups)
+    trl_shaped = datasets.Dataset.from_list([{**{k: v for k, v in g.items() if k != "steps"}, "completions": g["steps"]}
+                                             for g in groups])
+    trainer = FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path), train_dataset=train, eval_dataset=ours)
+    expected = trainer.evaluate()
+    got = trainer.evaluate(eval_dataset=trl_shaped)
+    assert got["eval_reranked_pass@1"] == expected["eval_reranked_pass@1"]
+    assert got["eval_mean_pass@1"] == pytest.approx(1 / 3)
