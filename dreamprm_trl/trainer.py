@@ -24,8 +24,8 @@ from datasets import Dataset, IterableDataset
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .collator import IGNORE_INDEX, ChainOfFunctionCollator
 from .backbones import load_tokenizer
+from .collator import IGNORE_INDEX, ChainOfFunctionCollator
 from .config import FunctionStepPRMConfig
 from .correction import (
     LabelTable,
