@@ -52,7 +52,7 @@ def _tokenizer():
 
 
 def _rows(tokenizer, n: int, seq_len: int, seed: int) -> list[dict]:
-    """``n`` rows of K_STEPS steps, each step as long as lets a row stay within ~90 % of ``seq_len`` tokens."""
+    """``n`` rows of K_STEPS steps, each step as long as lets a row stay within ~96 % of ``seq_len`` tokens."""
     from dreamprm_trl.collator import encode_steps, prepare_tokenizer
 
     prepare_tokenizer(tokenizer)
@@ -65,9 +65,9 @@ def _rows(tokenizer, n: int, seq_len: int, seed: int) -> list[dict]:
     lines = 256
     while lines > 1:
         row = make(random.Random(seed), lines)
-        if len(encode_steps(tokenizer, row["prompt"], row["steps"]).input_ids) <= 0.9 * seq_len:
+        if len(encode_steps(tokenizer, row["prompt"], row["steps"]).input_ids) <= 0.96 * seq_len:
             break
-        lines = int(lines * 0.85)
+        lines -= max(1, lines // 20)
     rng = random.Random(seed)
     return [make(rng, lines) for _ in range(n)]
 
