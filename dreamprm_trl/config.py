@@ -155,6 +155,8 @@ class FunctionStepPRMConfig(TrainingArguments):
             ("label_clip", 0.0 < self.label_clip < 0.5, "in (0, 0.5), e.g. 0.02"),
             ("lora_r", self.lora_r >= 1, "an integer >= 1 (pass a model without LoRA to train it fully)"),
             ("lora_dropout", 0.0 <= self.lora_dropout < 1.0, "in [0, 1)"),
+            ("model_init_kwargs", self.model_init_kwargs is None or isinstance(self.model_init_kwargs, dict),
+             "a dict (JSON on the command line) such as {\"dtype\": \"bfloat16\"}"),
             ("remove_unused_columns", not self.remove_unused_columns,
              "False: the collator needs the raw 'prompt' and 'steps' columns"),
         ]

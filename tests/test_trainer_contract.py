@@ -204,6 +204,8 @@ def test_model_init_kwargs_from_the_command_line_and_their_normalisation(tmp_pat
     assert model_init_kwargs(_config(tmp_path))["dtype"] is torch.float32  # TRL's default
     with pytest.raises(ValueError, match="set both as a trainer argument and in args.model_init_kwargs"):
         model_init_kwargs(args, quantization_config=BitsAndBytesConfig(load_in_8bit=True))
+    with pytest.raises(ValueError, match="model_init_kwargs='bf16' is invalid; set it to a dict"):
+        _config(tmp_path, model_init_kwargs="bf16")
     with pytest.raises(ValueError, match="dtype='half_float' is not a torch dtype"):
         model_init_kwargs(_config(tmp_path, model_init_kwargs={"dtype": "half_float"}))
 
