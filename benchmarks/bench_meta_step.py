@@ -125,7 +125,7 @@ def _stepper(prm, train, meta, variant: str, batch: int):
         meta_method="none" if variant == "plain" else "label_correction",
         hypergradient="exact" if variant == "exact" else "darts", meta_inner_learning_rate=1e-4,
     )
-    trainer = FunctionStepPRMTrainer(prm, args, train, meta)
+    trainer = FunctionStepPRMTrainer(prm, args, train_dataset=train, meta_dataset=meta)
     model = trainer.model.to(trainer.args.device)
     inputs = trainer.data_collator([dict(r) for r in trainer.train_dataset])
     n_items = (inputs["step_labels"] != -100).sum()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from transformers import TrainingArguments
 
@@ -22,6 +23,13 @@ class FunctionStepPRMConfig(TrainingArguments):
     field is a command-line flag through [`~transformers.HfArgumentParser`] / [`~trl.TrlParser`] (``--config x.yaml``).
 
     Parameters:
+        > Model
+
+        model_init_kwargs (`dict[str, Any]`, *optional*): keyword arguments of `AutoModel.from_pretrained` when the
+            trainer's ``model`` is a name or path, e.g. ``{"dtype": "bfloat16", "attn_implementation": "sdpa",
+            "quantization_config": BitsAndBytesConfig(load_in_4bit=True)}`` (a dict is turned into a
+            `BitsAndBytesConfig`). ``dtype`` defaults to ``float32``, as in TRL.
+
         > Data and model input
 
         max_length (`int`, defaults to `1024`): token budget of one (prompt, program) row; the prompt is truncated
@@ -62,12 +70,21 @@ class FunctionStepPRMConfig(TrainingArguments):
     > `logging_steps` 10, `remove_unused_columns` False (the collator needs the raw ``prompt``/``steps`` columns).
     """
 
+    _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["model_init_kwargs"]
+
     learning_rate: float = field(
         default=1e-4, metadata={"help": "Initial AdamW learning rate of the PRM (the paper: 1e-4)."}
     )
     logging_steps: float = field(default=10, metadata={"help": "Log every X optimizer steps (float < 1: ratio)."})
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Must stay False: the collator reads the raw prompt/steps columns."}
+    )
+
+    # Model
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "AutoModel.from_pretrained kwargs when model is a name/path (dtype, attn_implementation, "
+                          "quantization_config); JSON on the command line."},
     )
 
     # Data and model input
@@ -138,6 +155,8 @@ class FunctionStepPRMConfig(TrainingArguments):
             ("label_clip", 0.0 < self.label_clip < 0.5, "in (0, 0.5), e.g. 0.02"),
             ("lora_r", self.lora_r >= 1, "an integer >= 1 (pass a model without LoRA to train it fully)"),
             ("lora_dropout", 0.0 <= self.lora_dropout < 1.0, "in [0, 1)"),
+            ("model_init_kwargs", self.model_init_kwargs is None or isinstance(self.model_init_kwargs, dict),
+             "a dict (JSON on the command line) such as {\"dtype\": \"bfloat16\"}"),
             ("remove_unused_columns", not self.remove_unused_columns,
              "False: the collator needs the raw 'prompt' and 'steps' columns"),
         ]

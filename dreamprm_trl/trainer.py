@@ -18,11 +18,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import Trainer, TrainerCallback
+from datasets import Dataset, IterableDataset
+from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 
+from .backbones import load_tokenizer
 from .collator import IGNORE_INDEX, ChainOfFunctionCollator
 from .config import FunctionStepPRMConfig
 from .correction import (
@@ -35,7 +37,11 @@ from .correction import (
     label_loss_grad,
 )
 from .model_card import build_model_card
+from .formats import FORMATS, materialize, prepare_dataset
 from .modeling import FunctionStepPRM, aggregate_scores, fit_max_length, step_loss
+from .scale import (
+    add_adapters, deterministic_train_mode, fp32_parameters, load_training_backbone, prepared_tokenizer, unscaled_grads,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,34 +72,31 @@ def _resume_wanted(value: Any) -> bool:
     return value is True or (isinstance(value, str) and value.lower() in ("true", "last"))
 
 
-def _label_column(dataset: Any, label_key: str | None) -> str:
-    cols = dataset.column_names
-    key = label_key or next((k for k in ("labels", "mc_labels") if k in cols), None)
-    if key is None or key not in cols:
-        raise ValueError(
-            f"train_dataset has no step-label column ({label_key or 'labels/mc_labels'}); its columns are {cols}. "
-            "Pass rows {'prompt', 'steps', 'mc_labels'} or set FunctionStepPRMConfig.label_key."
-        )
-    return key
-
-
 class FunctionStepPRMTrainer(Trainer):
     """Train a `FunctionStepPRM` on noisy Monte-Carlo step labels with meta label correction (DreamPRM-Code).
 
+    The arguments follow TRL's trainers (`trl.RewardTrainer`), plus ``meta_dataset``; pass datasets by keyword.
+
     Args:
-        model: a `FunctionStepPRM`, or a backbone name/path (wrapped with LoRA from ``peft_config`` or the config).
-            Its ``prm_config`` takes ``label_loss``, ``label_smoothing``, ``score_aggregation`` and ``max_length``
-            from ``args`` so that the saved PRM records how it was trained.
+        model: a backbone name or path (loaded with ``args.model_init_kwargs``), a transformers `PreTrainedModel`
+            backbone, or a `FunctionStepPRM`. Its ``prm_config`` takes ``label_loss``, ``label_smoothing``,
+            ``score_aggregation`` and ``max_length`` from ``args`` so that the saved PRM records how it was trained.
         args: a `FunctionStepPRMConfig`.
-        train_dataset: step rows ``{"prompt", "steps", "mc_labels"}`` (one soft label in [0, 1] per step).
+        data_collator: defaults to `ChainOfFunctionCollator`.
+        train_dataset: step rows or TRL ``stepwise_supervision`` rows (`formats.FORMATS`); a `Dataset` or an
+            `IterableDataset` (read once into a `Dataset` when a meta method needs its label table).
+        eval_dataset: step rows (-> ``eval_loss``) and/or candidate groups ``{"task_id", "prompt", "steps"|"code",
+            "passed"}`` (-> reranked pass@1 and friends); a dataset or a dict of them.
+        processing_class: the tokenizer; a base tokenizer gets the step token (on a copy). Defaults to the
+            model's.
+        compute_metrics, callbacks, optimizers, optimizer_cls_and_kwargs, preprocess_logits_for_metrics: as for
+            `transformers.Trainer`.
+        quantization_config: a `BitsAndBytesConfig` for a ``model`` given by name (QLoRA with ``peft_config``).
+        peft_config: a `peft.PeftConfig` wrapping the backbone (default: ``args.lora_config()`` for a new PRM).
         meta_dataset: whole programs ``{"prompt", "steps", "passed"}`` with clean unit-test verdicts
             (required unless ``args.meta_method == "none"``).
-        eval_dataset: candidate groups ``{"task_id", "prompt", "steps"|"code", "passed"}`` (one row per candidate)
-            -> reranked pass@1 and friends; rows with step labels also give ``eval_loss``.
-        processing_class: the tokenizer; defaults to ``model.tokenizer``.
-        peft_config: a `peft.LoraConfig` used when ``model`` is a name/path.
-        data_collator: defaults to `ChainOfFunctionCollator`.
-        callbacks, optimizers, **kwargs: as for `transformers.Trainer`.
+
+    Columns of every dataset are validated here, with an error naming the missing column and the accepted formats.
     """
 
     _tag_names = ["dreamprm-code", "process-reward-model", "prm", "code", "trl"]
@@ -102,41 +105,26 @@ class FunctionStepPRMTrainer(Trainer):
 
     def __init__(
         self,
-        model: FunctionStepPRM | str,
+        model: FunctionStepPRM | PreTrainedModel | str,
         args: FunctionStepPRMConfig | None = None,
-        train_dataset: Any = None,
-        meta_dataset: Any = None,
+        data_collator: Callable | None = None,
+        train_dataset: Dataset | IterableDataset | None = None,
         eval_dataset: Any = None,
         processing_class: Any = None,
-        peft_config: Any = None,
-        data_collator: Callable | None = None,
+        compute_metrics: Callable | None = None,
         callbacks: list[TrainerCallback] | None = None,
         optimizers: tuple = (None, None),
-        **kwargs: Any,
+        optimizer_cls_and_kwargs: tuple | None = None,
+        preprocess_logits_for_metrics: Callable | None = None,
+        quantization_config: Any = None,
+        peft_config: Any = None,
+        meta_dataset: Dataset | IterableDataset | None = None,
     ):
-        if args is None:
-            args = FunctionStepPRMConfig(output_dir="prm-output")
-        elif not isinstance(args, FunctionStepPRMConfig):
-            raise TypeError(
-                f"args must be a FunctionStepPRMConfig, got {type(args).__name__}; build one with "
-                "FunctionStepPRMConfig(output_dir=..., ...) (it accepts every TrainingArguments field)."
-            )
-        model = self._build_model(model, args, peft_config)
-        if train_dataset is None:
-            raise ValueError("train_dataset is required: step rows {'prompt', 'steps', 'mc_labels'}.")
-        if args.meta_method != "none" and meta_dataset is None:
-            raise ValueError(
-                f"meta_method={args.meta_method!r} needs meta_dataset (whole programs {{'prompt', 'steps', "
-                "'passed'}); pass one or set meta_method='none'."
-            )
-        if meta_dataset is not None and not {"passed", "final_label"} & set(meta_dataset.column_names):
-            raise ValueError(f"meta_dataset needs a 'passed' column; it has {meta_dataset.column_names}.")
-        processing_class = processing_class if processing_class is not None else model.tokenizer
-        self.label_key = _label_column(train_dataset, args.label_key)
-        self.noisy_labels: list[list[float | None]] = [list(r) for r in train_dataset[self.label_key]]
-        if "row_id" in train_dataset.column_names:
-            train_dataset = train_dataset.remove_columns("row_id")
-        train_dataset = train_dataset.add_column("row_id", list(range(len(train_dataset))))
+        args = self._check_args(args, data_collator, train_dataset)
+        model, processing_class = self._build_model(model, args, processing_class, peft_config, quantization_config)
+        train_dataset, meta_dataset, eval_dataset = self._prepare_datasets(
+            args, processing_class, train_dataset, meta_dataset, eval_dataset
+        )
         if data_collator is None:
             data_collator = ChainOfFunctionCollator(processing_class, args.max_length, args.step_token, self.label_key)
         if args.label_names is None:
@@ -149,9 +137,11 @@ class FunctionStepPRMTrainer(Trainer):
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
+            compute_metrics=compute_metrics,
             callbacks=callbacks,
             optimizers=optimizers,
-            **kwargs,
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
         self.model_accepts_loss_kwargs = False  # the loss is computed here, not by the model
         self.meta_dataset = meta_dataset
@@ -168,34 +158,102 @@ class FunctionStepPRMTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------- construction
     @staticmethod
-    def _build_model(model: Any, args: FunctionStepPRMConfig, peft_config: Any) -> FunctionStepPRM:
-        if isinstance(model, str):
-            if peft_config is None:
-                peft_config = args.lora_config()
-            model = FunctionStepPRM.from_backbone(  # head, LoRA and new token rows seeded by args.seed
-                model, lora_config=peft_config, step_token=args.step_token, max_length=args.max_length,
-                seed=args.seed,
-            )
-        elif not isinstance(model, FunctionStepPRM):
+    def _check_args(args: Any, data_collator: Any, train_dataset: Any) -> FunctionStepPRMConfig:
+        if args is None:
+            args = FunctionStepPRMConfig(output_dir="prm-output")
+        elif not isinstance(args, FunctionStepPRMConfig):
             raise TypeError(
-                f"model must be a FunctionStepPRM or a backbone name/path, got {type(model).__name__}; "
-                "wrap a transformers model with FunctionStepPRM.from_backbone(model, tokenizer)."
+                f"args must be a FunctionStepPRMConfig, got {type(args).__name__}; build one with "
+                "FunctionStepPRMConfig(output_dir=..., ...) (it accepts every TrainingArguments field)."
             )
-        elif peft_config is not None:
-            raise ValueError(
-                "peft_config is only used when model is a backbone name/path; a FunctionStepPRM already has its "
-                "adapters (build it with FunctionStepPRM.from_backbone(..., lora_config=peft_config))."
+        if isinstance(data_collator, (Dataset, IterableDataset)):
+            raise TypeError(
+                "data_collator is a dataset: the arguments follow TRL's order (model, args, data_collator, "
+                "train_dataset, eval_dataset, processing_class, ..., peft_config, meta_dataset); pass the datasets "
+                "by keyword: FunctionStepPRMTrainer(model, args, train_dataset=..., meta_dataset=...)."
             )
-        if model.prm_config.step_token != args.step_token:
+        if train_dataset is None:
+            raise ValueError("train_dataset is required: " + "; or ".join(FORMATS["train"]) + ".")
+        if args.meta_method == "none" and isinstance(train_dataset, IterableDataset):
+            args.accelerator_config.dispatch_batches = False  # as TRL: batches of a stream cannot be concatenated
+        return args
+
+    def _prepare_datasets(
+        self, args: FunctionStepPRMConfig, tokenizer: Any, train: Any, meta: Any, evaluation: Any
+    ) -> tuple[Any, Any, Any]:
+        """Validate every dataset's columns now (not at the first batch) and convert them to step rows.
+
+        The label table needs one entry per train row, so with a meta method a streamed train set is read once.
+        """
+        if args.meta_method != "none" and meta is None:
             raise ValueError(
-                f"The PRM uses step_token={model.prm_config.step_token!r} but args.step_token={args.step_token!r}; "
+                f"meta_method={args.meta_method!r} needs meta_dataset: " + "; ".join(FORMATS["meta"])
+                + ". Pass one or set meta_method='none'."
+            )
+        train, self.label_key = prepare_dataset(train, "train", "train_dataset", tokenizer, args.label_key)
+        if args.meta_method != "none":
+            train = materialize(train)
+        if isinstance(train, Dataset):
+            self.noisy_labels: list[list[float | None]] = [list(r) for r in train[self.label_key]]
+            if "row_id" in train.column_names:
+                train = train.remove_columns("row_id")
+            train = train.add_column("row_id", list(range(len(train))))
+        else:
+            self.noisy_labels = []  # a stream without label correction: rows are never indexed
+        if meta is not None:
+            meta = materialize(prepare_dataset(meta, "meta", "meta_dataset", tokenizer)[0])
+        return train, meta, self._prepare_eval(evaluation, tokenizer)
+
+    def _prepare_eval(self, evaluation: Any, tokenizer: Any, name: str = "eval_dataset") -> Any:
+        """An eval dataset (or a dict of them) validated and converted to step rows, in memory."""
+        if isinstance(evaluation, dict):
+            return {k: self._prepare_eval(v, tokenizer, f"{name}[{k!r}]") for k, v in evaluation.items()}
+        if evaluation is None:
+            return None
+        return materialize(prepare_dataset(evaluation, "eval", name, tokenizer, self.label_key)[0])
+
+    @staticmethod
+    def _build_model(
+        model: Any, args: FunctionStepPRMConfig, processing_class: Any, peft_config: Any,
+        quantization_config: Any = None,
+    ) -> tuple[FunctionStepPRM, Any]:
+        """The PRM and its (prepared) tokenizer from a name/path, a transformers backbone or a `FunctionStepPRM`.
+
+        ``peft_config`` (default: the config's ``lora_*`` fields) wraps a new backbone, or a PRM without adapters.
+        A base ``processing_class`` gets the step token (on a copy); a backbone's embeddings are resized.
+        """
+        if isinstance(model, str):
+            if processing_class is None:
+                processing_class = load_tokenizer(model)
+            model = load_training_backbone(model, args, quantization_config)
+        elif args.model_init_kwargs or quantization_config is not None:
+            logger.warning("model is already instantiated: model_init_kwargs and quantization_config are ignored.")
+        if isinstance(model, FunctionStepPRM):
+            prm = model
+            if peft_config is not None:
+                add_adapters(prm, peft_config)
+            processing_class = prepared_tokenizer(prm, processing_class)
+        elif isinstance(model, PreTrainedModel):
+            prm = FunctionStepPRM.from_backbone(
+                model, processing_class, lora_config=peft_config if peft_config is not None else args.lora_config(),
+                step_token=args.step_token, max_length=args.max_length, seed=args.seed,
+            )  # head, LoRA and new token rows drawn from args.seed alone
+            processing_class = prm.tokenizer
+        else:
+            raise TypeError(
+                f"model must be a backbone name/path, a transformers PreTrainedModel or a FunctionStepPRM, got "
+                f"{type(model).__name__}."
+            )
+        if prm.prm_config.step_token != args.step_token:
+            raise ValueError(
+                f"The PRM uses step_token={prm.prm_config.step_token!r} but args.step_token={args.step_token!r}; "
                 "set FunctionStepPRMConfig.step_token to the PRM's."
             )
-        args.max_length = fit_max_length(model.backbone, args.max_length)
-        cfg = model.prm_config
+        args.max_length = fit_max_length(prm.backbone, args.max_length)
+        cfg = prm.prm_config
         cfg.loss_type, cfg.label_smoothing = args.label_loss, args.label_smoothing
         cfg.aggregation, cfg.max_length = args.score_aggregation, args.max_length
-        return model
+        return prm, processing_class
 
     def _check_meta_step_supported(self) -> None:
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
@@ -205,6 +263,13 @@ class FunctionStepPRMTrainer(Trainer):
                 "differentiates replicated parameters and reads their gradients, which sharded/partitioned "
                 "training does not expose. Use DDP (`accelerate launch --multi_gpu`, torchrun) or "
                 "meta_method='none'."
+            )
+        checkpointing = self.args.gradient_checkpointing or getattr(self.args, "activation_checkpointing", False)
+        if self.args.hypergradient == "exact" and checkpointing:
+            raise ValueError(
+                "hypergradient='exact' differentiates through torch.func, which activation checkpointing (and the "
+                "input-grad hook PEFT needs with it) does not support; use hypergradient='darts' (checkpointed meta "
+                "passes) or gradient_checkpointing=False."
             )
         if self.args.hypergradient == "exact":
             impl = getattr(getattr(self._backbone_body(), "config", None), "_attn_implementation", "eager")
@@ -255,12 +320,12 @@ class FunctionStepPRMTrainer(Trainer):
         outputs = model(**{k: inputs[k] for k in _MODEL_INPUTS})
         targets, weights = self._targets(inputs)
         mask = targets != IGNORE_INDEX
-        per_step = step_loss(
-            outputs.step_logits, targets.to(outputs.step_logits.dtype), mask, self.args.label_loss,
+        per_step = step_loss(  # in fp32: soft labels such as 0.3 are not bf16 numbers
+            outputs.step_logits.float(), targets.float(), mask, self.args.label_loss,
             self.args.label_smoothing, reduction="none",
         )
         if weights is not None:
-            per_step = per_step * weights[:, None].to(per_step.dtype)
+            per_step = per_step * weights[:, None].float()
         if num_items_in_batch is not None and model.training:
             denom = torch.as_tensor(num_items_in_batch, device=per_step.device).clamp(min=1)
             loss = per_step.sum() / denom * self.accelerator.num_processes
@@ -340,7 +405,12 @@ class FunctionStepPRMTrainer(Trainer):
     def meta_step(self, model: nn.Module, window: Sequence[dict[str, Tensor]], num_items: Tensor | None) -> None:
         """One outer update of the meta table from this optimizer step's micro-batches ``window``."""
         phi = self.meta_table.phi
-        hypergrad, meta_loss = self.compute_hypergradient(model, window, num_items)
+        result = self.compute_hypergradient(model, window, num_items)
+        if result is None:  # fp16 loss-scale overflow: the optimizer skips this step as well
+            logger.warning("Skipped the meta step at step %d: the inner gradients are not finite (fp16 loss-scale "
+                           "overflow).", self.state.global_step)
+            return
+        hypergrad, meta_loss = result
         phi.grad = hypergrad.to(phi.dtype)
         if self.args.meta_weight_decay:
             phi.grad += self.meta_table.decay_grad(self.args.meta_weight_decay)
@@ -351,13 +421,14 @@ class FunctionStepPRMTrainer(Trainer):
 
     def compute_hypergradient(
         self, model: nn.Module, window: Sequence[dict[str, Tensor]], num_items: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor] | None:
         """``(d L_meta / d phi, L_meta)`` of the one-step unroll over ``window``, summed/averaged over processes.
 
         ``darts`` takes the inner gradient from ``.grad`` (left by the plain step, already averaged over processes;
         zeros if absent) and needs one forward+backward on the meta batch plus two forwards per micro-batch.
         ``exact`` recomputes everything through ``torch.func``; under several processes its unrolled step uses
         this process's share of the inner gradient only (an approximation ``darts`` does not make).
+        ``None`` when fp16 gradients overflowed (`scale.unscaled_grads`); the meta step is then skipped.
         """
         prm = self.accelerator.unwrap_model(model)
         named = [(n, p) for n, p in prm.named_parameters() if p.requires_grad]
@@ -370,11 +441,13 @@ class FunctionStepPRMTrainer(Trainer):
         )
         meta_batch = self._meta_batch()
         world = self.accelerator.num_processes
-        was_training = prm.training
-        prm.eval()  # deterministic (no dropout) meta forwards
-        try:
+        # deterministic (no dropout) meta passes that still checkpoint; fp32 so the finite differences are exact
+        with deterministic_train_mode(prm), fp32_parameters(prm):
             if self.args.hypergradient == "darts":
-                grads = [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in params]
+                grads = unscaled_grads([p.grad if p.grad is not None else torch.zeros_like(p) for p in params],
+                                       self.accelerator.scaler)
+                if grads is None:
+                    return None
 
                 def meta_grad_fn():
                     with torch.enable_grad():
@@ -398,8 +471,6 @@ class FunctionStepPRMTrainer(Trainer):
                 )
             else:
                 hypergrad, meta_loss = self._exact(prm, named, window, meta_batch, num_items, lr)
-        finally:
-            prm.train(was_training)
         if world > 1:
             hypergrad = self.accelerator.reduce(hypergrad.contiguous(), "sum")
             meta_loss = self.accelerator.reduce(meta_loss.detach().reshape(1), "mean")[0]
@@ -463,7 +534,8 @@ class FunctionStepPRMTrainer(Trainer):
         ``score_aggregation``; `metrics.rerank_metrics` gives reranked pass@1 (PRM pick), mean pass@1 (random
         pick), oracle pass@N and bootstrap CIs, logged as ``{prefix}_reranked_pass@1`` etc.
         """
-        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        dataset = self._prepare_eval(eval_dataset, self.processing_class) if eval_dataset is not None \
+            else self.eval_dataset
         if isinstance(dataset, dict):
             out: dict[str, float] = {}
             for name, ds in dataset.items():

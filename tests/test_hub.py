@@ -188,7 +188,7 @@ def test_trainer_push_to_hub_uploads_a_loadable_prm_with_model_card(local_hub, t
         max_steps=2, per_device_train_batch_size=4, learning_rate=1e-2, meta_batch_size=4,
         push_to_hub=True, hub_model_id="org/trained-prm", hub_strategy="end",
     )
-    trainer = FunctionStepPRMTrainer(tiny_prm(lora=True), config, train, meta)
+    trainer = FunctionStepPRMTrainer(tiny_prm(lora=True), config, train_dataset=train, meta_dataset=meta)
     trainer.train()
     trainer.push_to_hub(commit_message="End of training")
 

@@ -66,19 +66,22 @@ def test_config_cli_yaml_and_validation(tmp_path):
 def test_constructor_errors(tmp_path):
     train, meta, _ = noisy_task(n_train=4, n_meta=4)
     with pytest.raises(ValueError, match="needs meta_dataset"):
-        FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path), train)
+        FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path), train_dataset=train)
     with pytest.raises(ValueError, match="step-label column"):
-        FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path), train.remove_columns("mc_labels"), meta)
+        FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path), train_dataset=train.remove_columns("mc_labels"),
+                               meta_dataset=meta)
     with pytest.raises(TypeError, match="FunctionStepPRMConfig"):
         from transformers import TrainingArguments
 
-        FunctionStepPRMTrainer(tiny_prm(), TrainingArguments(output_dir=str(tmp_path)), train, meta)
-    trainer = FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path), train, meta)
+        FunctionStepPRMTrainer(tiny_prm(), TrainingArguments(output_dir=str(tmp_path)), train_dataset=train,
+                               meta_dataset=meta)
+    trainer = FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path), train_dataset=train, meta_dataset=meta)
     trainer.is_fsdp_enabled = True
     with pytest.raises(ValueError, match="cannot run under FSDP"):
         trainer._check_meta_step_supported()
     with pytest.raises(ValueError, match="attn_implementation='eager'"):
-        FunctionStepPRMTrainer(tiny_prm(attn="sdpa"), _config(tmp_path, hypergradient="exact"), train, meta)
+        FunctionStepPRMTrainer(tiny_prm(attn="sdpa"), _config(tmp_path, hypergradient="exact"),
+                               train_dataset=train, meta_dataset=meta)
 
 
 def test_meta_schedule_warmup_and_interval(tmp_path):
@@ -86,7 +89,7 @@ def test_meta_schedule_warmup_and_interval(tmp_path):
     train, meta, _ = noisy_task(n_train=4, n_meta=4)
     trainer = FunctionStepPRMTrainer(tiny_prm(), _config(
         tmp_path, per_device_train_batch_size=1, gradient_accumulation_steps=2, max_steps=7, meta_warmup_steps=2,
-        meta_interval=2), train, meta)
+        meta_interval=2), train_dataset=train, meta_dataset=meta)
     seen = []
     original = trainer.meta_step
 
@@ -113,7 +116,7 @@ def test_gradient_accumulation_matches_full_batch(tmp_path, meta_method):
     for bs, ga in ((4, 1), (2, 2)):
         trainer = FunctionStepPRMTrainer(
             tiny_prm(), _config(tmp_path, per_device_train_batch_size=bs, gradient_accumulation_steps=ga,
-                                max_steps=2, meta_method=meta_method), train, meta)
+                                max_steps=2, meta_method=meta_method), train_dataset=train, meta_dataset=meta)
         if bs == 4:
             prm, collate = trainer.model, trainer.data_collator
             batch = collate([dict(r) for r in trainer.train_dataset])
@@ -162,7 +165,8 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     train, meta, _ = noisy_task(n_train=8, n_meta=8, train_lengths=(1, 2, 3))
     assert not torch.allclose(lc0["table"], LabelTable(train["mc_labels"]).z)  # the meta step ran
     single = FunctionStepPRMTrainer(
-        tiny_prm(), _config(tmp_path, per_device_train_batch_size=4, max_steps=3, meta_method="none"), train, meta)
+        tiny_prm(), _config(tmp_path, per_device_train_batch_size=4, max_steps=3, meta_method="none"),
+        train_dataset=train, meta_dataset=meta)
     single.train()
     ddp = torch.load(out / "none_rank0.pt")
     torch.testing.assert_close(_losses(single), ddp["losses"], rtol=1e-5, atol=0)
@@ -176,7 +180,8 @@ def test_trainer_darts_matches_exact_hypergradient(tmp_path):
     """The trainer's DARTS path (closed-form label gradient, scatter into the table) agrees with torch.func."""
     train, meta, _ = noisy_task(n_train=6, n_meta=6, train_lengths=(1, 2, 3))
     for method in ("label_correction", "sample_reweighting"):
-        trainer = FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path, meta_method=method), train, meta)
+        trainer = FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path, meta_method=method),
+                                         train_dataset=train, meta_dataset=meta)
         prm = trainer.model
         with torch.no_grad():
             trainer.meta_table.phi.add_(0.3 * torch.randn(trainer.meta_table.phi.shape))
@@ -198,7 +203,8 @@ def test_trainer_darts_matches_exact_hypergradient(tmp_path):
 def test_save_resume_restores_meta_state_and_continues_identically(tmp_path):
     train, meta, _ = noisy_task(n_train=4, n_meta=4, train_lengths=(1, 2))
     kw = dict(per_device_train_batch_size=2, max_steps=4, save_strategy="steps", save_steps=2)
-    full = FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path, output_dir=str(tmp_path / "a"), **kw), train, meta)
+    full = FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path, output_dir=str(tmp_path / "a"), **kw),
+                                  train_dataset=train, meta_dataset=meta)
     full.train()
     ckpt = tmp_path / "a" / "checkpoint-2"
     saved = torch.load(ckpt / "meta_state.pt", weights_only=True)
@@ -206,7 +212,7 @@ def test_save_resume_restores_meta_state_and_continues_identically(tmp_path):
     assert (tmp_path / "a" / "README.md").is_file()  # the model card, refreshed at each checkpoint as in TRL
 
     resumed = FunctionStepPRMTrainer(tiny_prm(seed=1), _config(tmp_path, output_dir=str(tmp_path / "b"), **kw),
-                                     train, meta)
+                                     train_dataset=train, meta_dataset=meta)
     resumed.load_meta_state(str(ckpt))
     assert torch.equal(resumed.meta_table.z, saved["table"]["z"])
     assert not torch.equal(resumed.meta_table.z, resumed.meta_table.phi_init)
@@ -215,7 +221,7 @@ def test_save_resume_restores_meta_state_and_continues_identically(tmp_path):
     assert torch.equal(opt["exp_avg_sq"], saved["optimizer"]["state"][0]["exp_avg_sq"])
 
     resumed = FunctionStepPRMTrainer(tiny_prm(seed=1), _config(tmp_path, output_dir=str(tmp_path / "b"), **kw),
-                                     train, meta)
+                                     train_dataset=train, meta_dataset=meta)
     resumed.train(resume_from_checkpoint=str(ckpt))
     torch.testing.assert_close(resumed.meta_table.z, full.meta_table.z, rtol=0, atol=1e-6)
     pf, pr = trainable_state(full.model), trainable_state(resumed.model)
@@ -236,7 +242,7 @@ def _synthetic_run(tmp_path, **kw):
     train, meta, truth = noisy_task(n_train=64, n_meta=16, flip=0.3, train_lengths=(1,))
     args = _config(tmp_path, per_device_train_batch_size=64, max_steps=60, meta_warmup_steps=30,
                    lr_scheduler_type="constant", meta_learning_rate=0.2, meta_batch_size=16, logging_steps=10, **kw)
-    trainer = FunctionStepPRMTrainer(tiny_prm(hidden_size=64), args, train, meta)
+    trainer = FunctionStepPRMTrainer(tiny_prm(hidden_size=64), args, train_dataset=train, meta_dataset=meta)
     trainer.train()
     return trainer, train, truth
 
@@ -272,7 +278,7 @@ def test_evaluate_reports_rerank_metrics_and_model_card(tmp_path):
               for t in range(3) for s in (GOOD[t], BAD[t], BAD[t + 1])]
     eval_ds = datasets.Dataset.from_list(groups)
     trainer = FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path, max_steps=2, per_device_train_batch_size=4),
-                                     train, meta, eval_dataset=eval_ds)
+                                     train_dataset=train, meta_dataset=meta, eval_dataset=eval_ds)
     trainer.train()
     metrics = trainer.evaluate()
     scores = [s.aggregate("min") for s in trainer.model.score_batch([(g["prompt"], g["steps"]) for g in groups],
@@ -306,7 +312,7 @@ def test_resume_true_skips_a_checkpoint_whose_save_was_killed(tmp_path, monkeypa
 
     train, meta, _ = noisy_task(n_train=4, n_meta=4, train_lengths=(1, 2))
     kw = dict(per_device_train_batch_size=2, max_steps=4, save_strategy="steps", save_steps=2)
-    full = FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path, output_dir=str(tmp_path / "full"), **kw), train, meta)
+    full = FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path, output_dir=str(tmp_path / "full"), **kw), train_dataset=train, meta_dataset=meta)
     full.train()
 
     class Killed(Exception):
@@ -322,13 +328,13 @@ def test_resume_true_skips_a_checkpoint_whose_save_was_killed(tmp_path, monkeypa
     out = tmp_path / "killed"
     monkeypatch.setattr(TrainerState, "save_to_json", save_or_die)
     with pytest.raises(Killed):
-        FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path, output_dir=str(out), **kw), train, meta).train()
+        FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path, output_dir=str(out), **kw), train_dataset=train, meta_dataset=meta).train()
     monkeypatch.undo()
     assert (out / "checkpoint-4" / "model.safetensors").is_file()
     assert not (out / "checkpoint-4" / "trainer_state.json").exists()
     assert last_complete_checkpoint(out) == str(out / "checkpoint-2")
 
-    resumed = FunctionStepPRMTrainer(tiny_prm(seed=1), _config(tmp_path, output_dir=str(out), **kw), train, meta)
+    resumed = FunctionStepPRMTrainer(tiny_prm(seed=1), _config(tmp_path, output_dir=str(out), **kw), train_dataset=train, meta_dataset=meta)
     resumed.train(resume_from_checkpoint=True)
     assert resumed.state.global_step == 4  # the weights below differ from a fresh seed-1 run's
     assert _losses(resumed) == pytest.approx(_losses(full), rel=1e-6)  # steps 1-2 from checkpoint-2's history
@@ -348,7 +354,7 @@ def test_resume_last_from_the_config_starts_afresh_without_checkpoints(tmp_path)
     assert parsed.resume_from_checkpoint == "last"
     args = _config(tmp_path, output_dir=empty, max_steps=2, per_device_train_batch_size=2,
                    resume_from_checkpoint=parsed.resume_from_checkpoint)
-    trainer = FunctionStepPRMTrainer(tiny_prm(), args, train, meta)
+    trainer = FunctionStepPRMTrainer(tiny_prm(), args, train_dataset=train, meta_dataset=meta)
     with pytest.raises(ValueError, match="No complete checkpoint in output_dir"):
         trainer.train(resume_from_checkpoint=True)
     trainer.train()  # None: the config's "last", and there is nothing to resume
@@ -369,7 +375,7 @@ def test_two_runs_with_the_same_seed_give_identical_losses(tmp_path):
         torch.manual_seed(global_seed)  # what ran before differs between the two runs
         args = _config(tmp_path, output_dir=str(tmp_path / f"run{global_seed}"), max_steps=3,
                        per_device_train_batch_size=4, seed=7)
-        trainer = FunctionStepPRMTrainer(str(tmp_path / "base"), args, train, meta)
+        trainer = FunctionStepPRMTrainer(str(tmp_path / "base"), args, train_dataset=train, meta_dataset=meta)
         trainer.train()
         runs.append(_losses(trainer))
     assert len(runs[0]) == 3 and runs[0] == runs[1]
@@ -380,7 +386,7 @@ def test_lora_resume_through_the_stock_trainer_path_restores_the_trained_weights
     train, meta, _ = noisy_task(n_train=4, n_meta=4, train_lengths=(1, 2))
     kw = dict(per_device_train_batch_size=2, max_steps=4, save_strategy="steps", save_steps=2)
     full = FunctionStepPRMTrainer(tiny_prm(lora=True), _config(tmp_path, output_dir=str(tmp_path / "a"), **kw),
-                                  train, meta)
+                                  train_dataset=train, meta_dataset=meta)
     full.train()
     assert {"adapter_config.json", "adapter_model.safetensors", "meta_state.pt"} <= set(
         os.listdir(tmp_path / "a" / "checkpoint-2"))
@@ -389,7 +395,7 @@ def test_lora_resume_through_the_stock_trainer_path_restores_the_trained_weights
         for p in other.parameters():
             if p.requires_grad:
                 p.add_(0.3)
-    resumed = FunctionStepPRMTrainer(other, _config(tmp_path, output_dir=str(tmp_path / "b"), **kw), train, meta)
+    resumed = FunctionStepPRMTrainer(other, _config(tmp_path, output_dir=str(tmp_path / "b"), **kw), train_dataset=train, meta_dataset=meta)
     resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
     pf, pr = trainable_state(full.model), trainable_state(resumed.model)
     assert pf.keys() == pr.keys() and any("lora_A" in k for k in pf)

@@ -22,7 +22,7 @@ def main(out: str) -> None:
             meta_method=method, meta_batch_size=4, meta_learning_rate=0.1, use_cpu=True, report_to="none",
             save_strategy="no", disable_tqdm=True, logging_steps=1,
         )
-        trainer = FunctionStepPRMTrainer(tiny_prm(), args, train, meta)
+        trainer = FunctionStepPRMTrainer(tiny_prm(), args, train_dataset=train, meta_dataset=meta)
         trainer.train()
         rank = trainer.accelerator.process_index
         dump = {
