@@ -66,6 +66,10 @@ class TestSuite:
     ``stdio`` (LiveCodeBench stdin/stdout), ``call`` (LiveCodeBench functional: one JSON value per input line,
     ``class Solution`` method or plain function), ``check`` (HumanEval ``check(candidate)``), ``asserts`` (MBPP),
     ``unittest`` (ClassEval ``TestCase`` classes). Build with the constructors, not the raw fields.
+
+    ``prelude`` is code run before the program, in the program's namespace (and, for test-code suites, in the
+    tests' namespace), as benchmark harnesses do: MBPP's ``from typing import *``, LiveCodeBench's import block.
+    The loaders in :mod:`dreamprm_trl.tasks` set each benchmark's own (``tasks.PRELUDES``).
     """
 
     __test__ = False  # not a pytest test class
@@ -79,6 +83,7 @@ class TestSuite:
     assertions: tuple[str, ...] = ()
     setup: str = ""
     test_classes: tuple[str, ...] = ()
+    prelude: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in SUITE_KINDS:
@@ -97,33 +102,33 @@ class TestSuite:
 
     # -- constructors -------------------------------------------------------------------------------------------
     @classmethod
-    def stdio(cls, inputs: Sequence[str], outputs: Sequence[str]) -> "TestSuite":
+    def stdio(cls, inputs: Sequence[str], outputs: Sequence[str], prelude: str = "") -> "TestSuite":
         """Stdin/stdout tests: the program reads ``inputs[i]`` and must print ``outputs[i]``."""
-        return cls("stdio", inputs=tuple(map(str, inputs)), outputs=tuple(map(str, outputs)))
+        return cls("stdio", inputs=tuple(map(str, inputs)), outputs=tuple(map(str, outputs)), prelude=prelude)
 
     @classmethod
-    def call(cls, fn_name: str, inputs: Sequence[str], outputs: Sequence[str]) -> "TestSuite":
+    def call(cls, fn_name: str, inputs: Sequence[str], outputs: Sequence[str], prelude: str = "") -> "TestSuite":
         """Call-based tests: each input holds one JSON argument per line; output is a JSON value."""
-        return cls("call", inputs=tuple(map(str, inputs)), outputs=tuple(map(str, outputs)), fn_name=fn_name)
+        return cls("call", inputs=tuple(map(str, inputs)), outputs=tuple(map(str, outputs)), fn_name=fn_name, prelude=prelude)
 
     @classmethod
-    def check(cls, check: str, entry_point: str) -> "TestSuite":
+    def check(cls, check: str, entry_point: str, prelude: str = "") -> "TestSuite":
         """HumanEval style: ``check`` defines ``check(candidate)``, called with the program's ``entry_point``."""
-        return cls("check", code=check, entry_point=entry_point)
+        return cls("check", code=check, entry_point=entry_point, prelude=prelude)
 
     @classmethod
-    def asserts(cls, asserts: Sequence[str], setup: str = "") -> "TestSuite":
+    def asserts(cls, asserts: Sequence[str], setup: str = "", prelude: str = "") -> "TestSuite":
         """MBPP style: each string is one test (usually one ``assert`` line), run after ``setup``."""
         if isinstance(asserts, str):
             asserts = [line for line in asserts.splitlines() if line.strip()]
-        return cls("asserts", assertions=tuple(asserts), setup=setup)
+        return cls("asserts", assertions=tuple(asserts), setup=setup, prelude=prelude)
 
     @classmethod
-    def unittest(cls, test_code: str, test_classes: Sequence[str], setup: str = "") -> "TestSuite":
+    def unittest(cls, test_code: str, test_classes: Sequence[str], setup: str = "", prelude: str = "") -> "TestSuite":
         """ClassEval style: ``test_code`` defines ``unittest.TestCase`` classes; one verdict per class."""
         if isinstance(test_classes, str):
             test_classes = [test_classes]
-        return cls("unittest", code=test_code, test_classes=tuple(test_classes), setup=setup)
+        return cls("unittest", code=test_code, test_classes=tuple(test_classes), setup=setup, prelude=prelude)
 
     @classmethod
     def from_problem(cls, problem: Any) -> "TestSuite":
@@ -144,6 +149,8 @@ class TestSuite:
     def to_dict(self) -> dict:
         """JSON-safe dict (lists, not tuples); inverse of :meth:`from_dict`."""
         d = asdict(self)
+        if not d["prelude"]:  # suites without one keep their old JSON (and cache keys)
+            del d["prelude"]
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
     @classmethod
@@ -194,19 +201,22 @@ class ExecutionResult:
 # ---------------------------------------------------------------------------------------------------------------
 # Sandbox limits: the one source of truth (SandboxedExecutor, execute, execute_many and config() read these).
 DEFAULT_TIMEOUT = 6.0  # wall-clock seconds per test case (module loading counts toward the first test)
-DEFAULT_MEMORY_MB = 1024  # address space of the process running the candidate
+DEFAULT_MEMORY_MB = 1024  # per program: address space of each process + (bwrap) its private /tmp, see _memory_split
+TMP_SHARE = 8  # under bubblewrap, 1/TMP_SHARE of memory_mb is the size cap of the private /tmp (tmpfs = RAM)
 DEFAULT_MAX_OUTPUT_BYTES = 8 * 1024 * 1024  # stdout of all tests together, and each file the program writes
 STDERR_TAIL_CHARS = 2000
 DEFAULT_MAX_PROCESSES = 32  # processes per program (RLIMIT_NPROC on its own uid; see _sandbox_uid)
 STARTUP_GRACE_S = 5.0  # the parent's backstop on top of the supervisor's own deadlines
 SANDBOX_ENV = "DREAMPRM_SANDBOX"  # "rlimits" forces rlimits-only isolation, "bwrap" requires bubblewrap
 OPT_IN_ENV = "HF_ALLOW_CODE_EVAL"
-HARNESS_VERSION = "1"
+HARNESS_VERSION = "2"
 _ENV_ALLOWLIST = ("LANG", "LC_ALL", "LC_CTYPE", "TZ")
 _MARKER = "DREAMPRM_SANDBOX_ID"
 _INSIDE_WORK = "/tmp/work"  # the work dir's path inside bubblewrap
 _UID_BASE, _UID_SPAN = 1_500_000_000, 500_000_000  # throw-away uids for programs (root under bwrap only)
 _HARNESS = str(Path(__file__).with_name("_sandbox_harness.py"))
+_HARNESS_FILES = tuple(str(Path(__file__).with_name(f"_sandbox_{m}.py")) for m in ("harness", "proxy", "tests", "wire"))
+_INSIDE_HARNESS = "/run/dreamprm"  # where the harness files are mounted inside bubblewrap
 _OPT_IN_ERROR = (
     "Refusing to execute model-written code: pass allow_code_execution=True (or set the environment variable "
     "HF_ALLOW_CODE_EVAL=1) to confirm that you accept the risk. The code runs in a sandbox (see "
@@ -232,28 +242,23 @@ def _bwrap_works() -> str | None:
         if "path" not in _bwrap_state:
             path = shutil.which("bwrap")
             if path:
-                work = tempfile.mkdtemp(prefix="dreamprm-probe-")
-                check = "import os, sys; sys.exit(0 if os.path.isfile(sys.argv[1]) else 3)"
+                check = f"import sys; sys.path.insert(0, {_INSIDE_HARNESS!r}); import _sandbox_proxy, _sandbox_tests"
                 try:
                     probe = subprocess.run(
-                        [*_bwrap_command(path, work), sys.executable, "-I", "-S", "-c", check, _HARNESS],
+                        [*_bwrap_command(path), sys.executable, "-I", "-S", "-c", check],
                         capture_output=True, timeout=20, check=False,
                     )
                     if probe.returncode != 0:
                         path = None
                 except (OSError, subprocess.SubprocessError):
                     path = None
-                finally:
-                    shutil.rmtree(work, ignore_errors=True)
             _bwrap_state["path"] = path
         return _bwrap_state["path"]
 
 
 _BWRAP_BASE = (
-    "--ro-bind", "/", "/",
     "--dev", "/dev",
     "--proc", "/proc",
-    "--perms", "1777", "--tmpfs", "/tmp",
     "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
     "--hostname", "sandbox",
     "--die-with-parent", "--new-session",
@@ -294,12 +299,19 @@ _site_cache: dict[tuple, list[str]] = {}
 
 
 def _site_paths() -> list[str]:
-    """The caller's import path (site-packages included) for ``python -I -S``; the current directory left out."""
+    """The caller's import path for ``python -I -S``: the standard library and site-packages folders only (no
+    current directory, no repository or source checkout on ``PYTHONPATH``)."""
     key = (tuple(sys.path), os.getcwd())
     if key not in _site_cache:
-        cwd = os.path.realpath(os.getcwd())
+        prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix)}
         _site_cache.clear()
-        _site_cache[key] = [p for p in sys.path if p and os.path.isdir(p) and os.path.realpath(p) != cwd]
+        _site_cache[key] = [
+            p for p in sys.path
+            if p and os.path.isdir(p) and (
+                os.path.basename(os.path.normpath(p)) in ("site-packages", "dist-packages")
+                or any(os.path.realpath(p).startswith(q + os.sep) for q in prefixes)
+            )
+        ]
     return _site_cache[key]
 
 
@@ -329,37 +341,52 @@ def _sandbox_uid(level: str) -> int | None:
     return None
 
 
-def _bwrap_command(bwrap: str, work: str, uid: int | None = None) -> list[str]:
-    """bubblewrap: read-only root, private /tmp, writable work dir only, no network, own PID namespace.
+def _memory_split(memory_mb: int, level: str) -> tuple[int, int]:
+    """``(address space MiB per process, private /tmp MiB)``: under bubblewrap the /tmp cap comes out of
+    ``memory_mb``, so that files the program writes count against the same budget."""
+    tmp_mb = memory_mb // TMP_SHARE if level == "bwrap" else 0
+    return memory_mb - tmp_mb, tmp_mb
 
-    The user's home directory is hidden (credentials live there). What the program needs from a hidden place (the
-    private /tmp or the home directory) is mounted back read-only: the Python installation, the import path and
-    the harness, e.g. for a virtual environment or a checkout under /tmp.
-    """
+
+def _python_paths() -> list[str]:
+    """What the program may see of the host: the Python installation and its import path, nothing else."""
+    keep = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable)))}
+    keep |= {os.path.realpath(p) for p in _site_paths()}
+    roots = sorted(p for p in keep if os.path.exists(p))
+    return [p for i, p in enumerate(roots) if not any(p.startswith(q + os.sep) for q in roots[:i])]
+
+
+def _bwrap_command(bwrap: str, work: str | None = None, uid: int | None = None, tmp_mb: int = 64) -> list[str]:
+    """bubblewrap: an empty root with only the system libraries (``/usr``) and the Python installation mounted
+    read-only, the harness files, a private ``/tmp`` of ``tmp_mb`` MiB holding the work directory, no network,
+    own PID/IPC/UTS namespaces. No repository, test data or home directory is visible."""
     cmd = [bwrap, *_BWRAP_BASE]
-    if uid is not None:  # the supervisor keeps only these: to drop the runner to `uid`, then kill it
+    if uid is not None:  # the supervisor keeps only these: to drop its children to throw-away uids, then kill them
         cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_KILL"]
-    hidden = ["/tmp"]
-    home = os.path.realpath(os.path.expanduser("~"))
-    if home not in ("/", "") and os.path.isdir(home):
-        cmd += ["--tmpfs", home]
-        hidden.append(home)
-    keep = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.executable, *_site_paths())}
-    keep.add(os.path.dirname(os.path.realpath(_HARNESS)))
+    cmd += ["--ro-bind", "/usr", "/usr", "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    for name in ("bin", "lib", "lib32", "lib64", "sbin"):
+        path = "/" + name
+        if os.path.islink(path):
+            cmd += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            cmd += ["--ro-bind", path, path]
+    cmd += ["--size", str(tmp_mb * 1024 * 1024), "--perms", "1777", "--tmpfs", "/tmp",
+            "--perms", "1777", "--dir", _INSIDE_WORK]
     made: set[str] = set()
-    for path in sorted(keep):
-        root = next((h for h in hidden if path.startswith(h + os.sep)), None)
-        if root is None or not os.path.exists(path):
+    for path in _python_paths():
+        if path == "/usr" or path.startswith("/usr/"):
             continue
-        parts = Path(path).relative_to(root).parts
-        for k in range(1, len(parts)):  # traversable parents (bwrap would make them 0700)
-            parent = os.path.join(root, *parts[:k])
-            if parent not in made:
+        parts = Path(path).parts
+        for k in range(2, len(parts)):  # traversable parents (bwrap would make them 0700)
+            parent = os.path.join(*parts[:k])
+            if parent not in made and parent != "/tmp":
                 made.add(parent)
                 cmd += ["--perms", "0755", "--dir", parent]
         cmd += ["--ro-bind", path, path]
-    cmd += ["--bind", work, _INSIDE_WORK, "--chdir", _INSIDE_WORK, "--"]
-    return cmd
+    cmd += ["--perms", "0755", "--dir", _INSIDE_HARNESS]
+    for path in _HARNESS_FILES:
+        cmd += ["--ro-bind", path, f"{_INSIDE_HARNESS}/{os.path.basename(path)}"]
+    return cmd + ["--chdir", _INSIDE_WORK, "--"]
 
 
 def _scratch_root() -> str | None:
@@ -560,7 +587,8 @@ def _verdict(suite: TestSuite, records: list[dict], done: bool, sizes_over: bool
 
 # ---------------------------------------------------------------------------------------------------------------
 def _run_one(code: str, suite: TestSuite, timeout: float, memory_mb: int, max_output_bytes: int, level: str) -> ExecutionResult:
-    start = time.monotonic()
+    """One program's verdict. Anything that goes wrong on the host side (an OS error, a harness crash, a work
+    directory that cannot be removed) becomes this program's ``runtime_error`` with the reason: a batch survives."""
     if not isinstance(code, str):
         raise TypeError(f"code must be a str of Python source, got {type(code).__name__}")
     if not isinstance(suite, TestSuite):
@@ -568,13 +596,32 @@ def _run_one(code: str, suite: TestSuite, timeout: float, memory_mb: int, max_ou
     n = len(suite)
     if n == 0:
         return ExecutionResult(False, "skipped", [], 0, 0, 0.0, "", "the suite has no test cases")
-    base = tempfile.mkdtemp(prefix="dreamprm-exec-", dir=_scratch_root())
-    work = os.path.join(base, "work")
+    start = time.monotonic()
+    base = None
+    try:
+        base = tempfile.mkdtemp(prefix="dreamprm-exec-", dir=_scratch_root())
+        result = _sandboxed(code, suite, base, timeout, memory_mb, max_output_bytes, level)
+    except Exception as e:  # noqa: BLE001 - one program's failure must not lose the batch
+        result = _executor_error(suite, f"{type(e).__name__}: {e}", time.monotonic() - start)
+    problem = _rmtree(base) if base else None
+    if problem:
+        result = _executor_error(suite, f"could not remove the work directory: {problem}", time.monotonic() - start)
+    return result
+
+
+def _executor_error(suite: TestSuite, why: str, wall: float) -> ExecutionResult:
+    n = len(suite)
+    return ExecutionResult(False, "runtime_error", [False] * n, 0, n, round(wall, 4), "", f"executor error: {why}"[:1000])
+
+
+def _sandboxed(code: str, suite: TestSuite, base: str, timeout: float, memory_mb: int, max_output_bytes: int, level: str) -> ExecutionResult:
+    start = time.monotonic()
+    n = len(suite)
+    work = os.path.join(base, "work")  # rlimits only: under bubblewrap the work dir is in the private /tmp
     os.mkdir(work)
     inside = _INSIDE_WORK if level == "bwrap" else work
     uid = _sandbox_uid(level)
-    if uid is not None:
-        os.chown(work, uid, uid)
+    address_mb, tmp_mb = _memory_split(memory_mb, level)
     marker = secrets.token_hex(16)
     nonce = secrets.token_hex(16)
     inner = suite.to_dict()
@@ -584,7 +631,7 @@ def _run_one(code: str, suite: TestSuite, timeout: float, memory_mb: int, max_ou
         "suite": inner,
         "n_tests": n,
         "timeout": float(timeout),
-        "memory_mb": int(memory_mb),
+        "address_space_mb": int(address_mb),
         "max_output_bytes": int(max_output_bytes),
         "sys_path": _site_paths(),
         "pidns": level == "bwrap",
@@ -604,9 +651,12 @@ def _run_one(code: str, suite: TestSuite, timeout: float, memory_mb: int, max_ou
             os.close(nonce_w)
             nonce_w = -1
             with open(out_path, "wb") as out_f, open(err_path, "wb") as err_f, open(report_path, "wb") as rep_f:
-                argv = [sys.executable, "-I", "-S", _HARNESS, str(rep_f.fileno()), str(nonce_r)]
+                harness = _HARNESS
                 if level == "bwrap":
-                    argv = _bwrap_command(_bwrap_works() or "bwrap", work, uid) + argv
+                    harness = f"{_INSIDE_HARNESS}/{os.path.basename(_HARNESS)}"
+                argv = [sys.executable, "-I", "-S", harness, str(rep_f.fileno()), str(nonce_r)]
+                if level == "bwrap":
+                    argv = _bwrap_command(_bwrap_works() or "bwrap", None, uid, tmp_mb) + argv
                 proc = subprocess.Popen(
                     argv,
                     stdin=payload_f,
@@ -647,20 +697,25 @@ def _run_one(code: str, suite: TestSuite, timeout: float, memory_mb: int, max_ou
         if proc is not None and proc.poll() is None:
             _kill_tree(proc.pid, marker)
             proc.wait()
-        _rmtree(base)
     return _verdict(suite, records, done, sizes_over, time.monotonic() - start, stderr)
 
 
-def _rmtree(path: str) -> None:
-    def fix(func, p, _exc):
+def _rmtree(path: str) -> str | None:
+    """Remove ``path`` whatever the program left there (deep trees, read-only or unsearchable folders), without
+    recursion limits: ``chmod -R`` and ``rm -rf`` walk iteratively. Returns None, or why it could not."""
+    if not os.path.lexists(path):
+        return None
+    try:
+        shutil.rmtree(path)
+        return None
+    except (OSError, RecursionError):
+        pass
+    for argv in (["chmod", "-R", "u+rwx", "--", path], ["rm", "-rf", "--", path]):
         try:
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700)
-            func(p)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=fix)
+            subprocess.run(argv, capture_output=True, timeout=120, check=False)
+        except (OSError, subprocess.SubprocessError) as e:
+            return f"{argv[0]}: {e}"
+    return f"{path} is still there" if os.path.lexists(path) else None
 
 
 class SandboxedExecutor:

@@ -1,0 +1,279 @@
+"""Both ends of the candidate proxy (inside the sandbox). Standard library only.
+
+The *candidate process* runs the prelude and the program, then :func:`serve` answers requests (call, get/set an
+attribute or item, len, iter, isinstance, str) on the objects it holds. The *test process* holds :class:`Remote`:
+the program's names become :class:`Handle` proxies, and every call crosses the process boundary and returns plain
+data rebuilt by :func:`_sandbox_wire.decode`. Nothing the program does to its own interpreter reaches the test
+process, which alone writes verdicts, on a pipe the candidate never holds.
+"""
+
+import builtins
+import os
+
+import _sandbox_wire as wire
+
+_NO_RAISE = ("SystemExit", "KeyboardInterrupt", "GeneratorExit")  # these would end the test process itself
+
+
+class CandidateGone(BaseException):
+    """The candidate process ended (or broke the protocol) while the tests needed it. ``BaseException``, so that a
+    test's ``except Exception`` or ``assertRaises(Exception)`` cannot mistake it for the program's behaviour."""
+
+
+# ------------------------------------------------------------------------------------------------ candidate side
+class _Objects:
+    def __init__(self):
+        self.by_hid, self.hid_of = {}, {}
+
+    def handle(self, obj):
+        hid = self.hid_of.get(id(obj))
+        if hid is None:
+            hid = len(self.by_hid) + 1
+            self.by_hid[hid], self.hid_of[id(obj)] = obj, hid
+        flags = "c" if callable(obj) else ""
+        if isinstance(obj, type):
+            flags += "t"
+            if issubclass(obj, BaseException):
+                base = next((b.__name__ for b in obj.__mro__ if b.__module__ == "builtins" and not b.__flags__ & (1 << 9)), "Exception")
+                flags += "x:" + base + ":" + str(obj.__name__)
+        return ["h", hid, flags]
+
+    def resolve(self, hid, _flags):
+        if hid not in self.by_hid:
+            raise wire.WireError(f"unknown handle {hid}")
+        return self.by_hid[hid]
+
+
+def _exception_reply(exc, objects):
+    t = type(exc)
+    try:
+        message = str(exc)[:2000]
+    except BaseException:  # noqa: BLE001 - the program's own __str__
+        message = "<unprintable>"
+    heap = bool(t.__flags__ & (1 << 9))
+    if t.__name__ in _NO_RAISE and not heap:
+        return ["exc", "RuntimeError", "RuntimeError", f"the program raised {t.__name__}({message}) during the test", 0]
+    base = next((b.__name__ for b in t.__mro__ if b.__module__ == "builtins" and not b.__flags__ & (1 << 9)), "Exception")
+    return ["exc", str(t.__name__), base, message, objects.handle(t)[1] if heap else 0]
+
+
+def _dispatch(req, objects):
+    op, args = req[0], req[1:]
+    dec = lambda doc: wire.decode(doc, objects.resolve)  # noqa: E731
+    target = objects.resolve(args[0], "")
+    if op == "call":
+        return target(*dec(args[1]), **dec(args[2]))
+    if op == "getattr":
+        return getattr(target, str(args[1]))
+    if op == "setattr":
+        return setattr(target, str(args[1]), dec(args[2]))
+    if op == "getitem":
+        return target[dec(args[1])]
+    if op == "setitem":
+        target[dec(args[1])] = dec(args[2])
+        return None
+    if op == "len":
+        return len(target)
+    if op == "iter":
+        return list(target)
+    if op == "contains":
+        return dec(args[1]) in target
+    if op == "isinstance":
+        return isinstance(dec(args[1]), target)
+    if op == "str":
+        return str(target)
+    if op == "repr":
+        return repr(target)
+    raise wire.WireError(f"unknown request {op!r}")
+
+
+def serve(ns, req_fd, resp_fd):
+    """Send the program's names, then answer requests until the test process closes the pipe."""
+    objects = _Objects()
+    table = {}
+    for name, value in list(ns.items()):
+        if name.startswith("__"):
+            continue
+        try:
+            if type(value).__name__ == "module" and not type(value).__flags__ & (1 << 9):
+                table[name] = ["m", str(value.__name__)]
+            else:
+                table[name] = wire.encode(value, objects.handle)
+        except Exception:  # noqa: BLE001 - a name that cannot cross is simply absent
+            pass
+    wire.send(resp_fd, ["loaded", table])
+    while True:
+        try:
+            req = wire.recv(req_fd)
+        except EOFError:
+            return
+        try:
+            reply = ["ok", wire.encode(_dispatch(req, objects), objects.handle)]
+        except MemoryError:
+            raise
+        except BaseException as e:  # noqa: BLE001 - every failure goes back to the test as an exception
+            reply = _exception_reply(e, objects)
+        wire.send(resp_fd, reply)
+
+
+# ------------------------------------------------------------------------------------------------ test side
+class Handle:
+    """An object of the program's, living in the candidate process. Identity comparisons only; no truth value."""
+
+    __slots__ = ("_remote", "_hid", "_flags", "__weakref__")
+
+    def __init__(self, remote, hid, flags):
+        object.__setattr__(self, "_remote", remote)
+        object.__setattr__(self, "_hid", hid)
+        object.__setattr__(self, "_flags", flags)
+
+    def _ask(self, op, *args):
+        return self._remote.request(op, self._hid, *args)
+
+    def __call__(self, *args, **kwargs):
+        return self._ask("call", self._remote.encode(list(args)), self._remote.encode(kwargs))
+
+    def __getattr__(self, name):
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return self._ask("getattr", name)
+
+    def __setattr__(self, name, value):
+        self._ask("setattr", name, self._remote.encode(value))
+
+    def __getitem__(self, key):
+        return self._ask("getitem", self._remote.encode(key))
+
+    def __setitem__(self, key, value):
+        self._ask("setitem", self._remote.encode(key), self._remote.encode(value))
+
+    def __len__(self):
+        value = self._ask("len")
+        if type(value) is not int:
+            raise TypeError("len() of the program's object is not an int")
+        return value
+
+    def __iter__(self):
+        return iter(self._ask("iter"))
+
+    def __contains__(self, item):
+        return self._ask("contains", self._remote.encode(item)) is True
+
+    def __instancecheck__(self, obj):
+        return type(obj) is Handle and self._ask("isinstance", self._remote.encode(obj)) is True
+
+    def __eq__(self, other):
+        return self is other
+
+    def __ne__(self, other):
+        return self is not other
+
+    __hash__ = object.__hash__
+
+    def __bool__(self):
+        raise TypeError("the truth value of an object of the program's own class is not plain data; test a value")
+
+    def __str__(self):
+        value = self._ask("str")
+        return value if type(value) is str else "<program object>"
+
+    def __repr__(self):
+        try:
+            value = self._ask("repr")
+        except Exception:  # noqa: BLE001
+            value = None
+        return value if type(value) is str else "<program object>"
+
+
+class Remote:
+    """The test process's connection to the candidate process."""
+
+    def __init__(self, req_fd, resp_fd):
+        self.req_fd, self.resp_fd = req_fd, resp_fd
+        self.handles, self.exceptions = {}, {}
+        self.gone = ""
+
+    def _recv(self):
+        try:
+            return wire.recv(self.resp_fd)
+        except (EOFError, OSError, wire.WireError, RecursionError, ValueError) as e:
+            self.gone = self.gone or f"the program ended or broke the protocol ({type(e).__name__}: {e})"[:300]
+            raise CandidateGone(self.gone) from None
+
+    def loaded(self):
+        """The program's names as test-side values (modules are imported by the test process itself)."""
+        msg = self._recv()
+        if type(msg) is not list or len(msg) != 2 or msg[0] not in ("loaded", "exc"):
+            raise CandidateGone("malformed first message from the program")
+        return msg[1]
+
+    def make_handle(self, hid, flags):
+        if hid not in self.handles:
+            if "x:" in flags:  # an exception class of the program's: a local class of the same name and base
+                base_name, _, name = flags.split("x:", 1)[1].partition(":")
+                self.handles[hid] = self._exception_class(hid, name, base_name)
+            else:
+                self.handles[hid] = Handle(self, hid, flags)
+        return self.handles[hid]
+
+    def _exception_class(self, hid, name, base_name):
+        if hid not in self.exceptions:
+            base = getattr(builtins, base_name, Exception)
+            if not (isinstance(base, type) and issubclass(base, Exception)):
+                base = Exception
+            self.exceptions[hid] = type(str(name)[:100] or "ProgramError", (base,), {"__module__": "program"})
+        return self.exceptions[hid]
+
+    def encode(self, value):
+        def handle_of(obj):
+            if type(obj) is Handle and obj._remote is self:
+                return ["h", obj._hid]
+            raise TypeError(f"cannot pass a test-side {type(obj).__name__} to the program (plain data only)")
+
+        return wire.encode(value, handle_of)
+
+    def decode(self, doc):
+        return wire.decode(doc, self.make_handle)
+
+    def request(self, op, hid, *args):
+        if self.gone:
+            raise CandidateGone(self.gone)
+        try:
+            wire.send(self.req_fd, [op, hid, *args])
+        except OSError as e:
+            self.gone = f"the program ended ({e})"
+            raise CandidateGone(self.gone) from None
+        reply = self._recv()
+        try:
+            if reply[0] == "ok" and len(reply) == 2:
+                return self.decode(reply[1])
+            if reply[0] == "exc" and len(reply) == 5:
+                raise self._exception(*reply[1:])
+        except (wire.WireError, TypeError, ValueError, IndexError, RecursionError, MemoryError) as e:
+            if isinstance(e, MemoryError):
+                raise
+            self.gone = f"malformed reply from the program ({type(e).__name__})"
+            raise CandidateGone(self.gone) from None
+        self.gone = "malformed reply from the program"
+        raise CandidateGone(self.gone)
+
+    def _exception(self, name, base_name, message, hid):
+        if hid:
+            cls = self._exception_class(int(hid), name, base_name)
+        else:
+            cls = getattr(builtins, str(name), None)
+            if not (isinstance(cls, type) and issubclass(cls, BaseException)) or cls.__name__ in _NO_RAISE:
+                cls = RuntimeError
+        try:
+            return cls(str(message))
+        except Exception:  # noqa: BLE001 - e.g. UnicodeDecodeError needs five arguments: build it bare
+            exc = cls.__new__(cls)
+            exc.args = (str(message),)
+            return exc
+
+
+def close(fd):
+    try:
+        os.close(fd)
+    except OSError:
+        pass
