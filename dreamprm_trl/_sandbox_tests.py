@@ -60,12 +60,16 @@ class Reporter:
 
 def namespace(table, remote, suite):
     """The test code's globals: the suite's prelude, then the program's names (modules imported here, from the
-    standard library or among the suite's own imports only)."""
+    standard library or among the suite's own imports only). A program name that would shadow a builtin is left
+    out (a program's ``abs`` must not judge ``abs(candidate(x) - y) < 1e-6``), unless it is the entry point."""
     ns = {"__name__": "__main__", "__builtins__": builtins}
     if suite.get("prelude"):
         exec(compile(suite["prelude"], "<prelude>", "exec"), ns)
     allowed = _STDLIB | set(suite.get("_modules", ()))
     for name, doc in table.items():
+        name = str(name)
+        if hasattr(builtins, name) and name != suite.get("entry_point"):
+            continue
         if type(doc) is list and len(doc) == 2 and doc[0] == "m":
             module = str(doc[1])
             if module.split(".")[0] in allowed:

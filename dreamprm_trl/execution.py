@@ -223,6 +223,16 @@ _OPT_IN_ERROR = (
     "dreamprm_trl.execution.isolation()), but untrusted code can never be made entirely safe."
 )
 
+RLIMITS_MISSING = (  # what rlimits mode does not guarantee (the fallback warning and the README list these)
+    "filesystem isolation (the program can read test data, the repository and your home directory, and write "
+    "anything you can)",
+    "no network",
+    "a private /tmp (a file left there can change a later program's verdict) and a cap on its size",
+    "a private PID namespace (the program can read your processes' /proc/<pid>/environ and signal them; a daemon "
+    "that kills its supervisor and clears its environment can survive the run)",
+    "unforgeable verdicts across runs (the program can rewrite the harness or installed modules on disk)",
+)
+
 _bwrap_lock = threading.Lock()
 _bwrap_state: dict[str, Any] = {}
 _warned = False
@@ -281,14 +291,17 @@ def isolation(sandbox: str | None = None) -> str:
         return "bwrap"
     if choice == "bwrap":
         raise RuntimeError(
-            "sandbox='bwrap' but bubblewrap is not on PATH or cannot create namespaces here; install the Debian "
-            "package `bubblewrap` (apt-get install bubblewrap) or use sandbox='rlimits'"
+            f"isolation was requested (sandbox='bwrap' or {SANDBOX_ENV}=bwrap) but bubblewrap is not on PATH or "
+            "cannot create namespaces here, so no program is run; install the Debian package `bubblewrap` "
+            "(apt-get install bubblewrap), or accept the weaker rlimits mode explicitly with sandbox='rlimits'"
         )
     if not _warned:
         _warned = True
         warnings.warn(
-            "bubblewrap (bwrap) is not available: programs run with resource limits only (no network, filesystem "
-            "or PID isolation). Install the Debian package `bubblewrap` for the full sandbox.",
+            "bubblewrap (bwrap) is not available, so programs run in rlimits mode, WITHOUT: "
+            + "; ".join(RLIMITS_MISSING)
+            + ". Install the Debian package `bubblewrap` for the full sandbox, or set DREAMPRM_SANDBOX=bwrap "
+            "(or pass sandbox='bwrap') to refuse to run instead.",
             RuntimeWarning,
             stacklevel=3,
         )
