@@ -309,6 +309,7 @@ def _run_candidate(code_obj, payload, req_fd, resp_fd):
         try:
             if payload["suite"].get("prelude"):
                 exec(compile(payload["suite"]["prelude"], "<prelude>", "exec"), ns)
+            from_prelude = dict(ns)
             exec(code_obj, ns)
         except MemoryError:
             raise
@@ -316,7 +317,7 @@ def _run_candidate(code_obj, payload, req_fd, resp_fd):
             reply = _sandbox_proxy._exception_reply(e, _sandbox_proxy._Objects())
             _sandbox_proxy.wire.send(resp_fd, ["exc", reply[1:5]])
             _exit_runner(0)
-        _sandbox_proxy.serve(ns, req_fd, resp_fd)
+        _sandbox_proxy.serve(ns, req_fd, resp_fd, from_prelude)
     except MemoryError:
         _exit_runner(_MEMORY_EXIT)
     _exit_runner(0)

@@ -87,12 +87,14 @@ def _dispatch(req, objects):
     raise wire.WireError(f"unknown request {op!r}")
 
 
-def serve(ns, req_fd, resp_fd):
-    """Send the program's names, then answer requests until the test process closes the pipe."""
+def serve(ns, req_fd, resp_fd, from_prelude=None):
+    """Send the program's names (not those the prelude bound and the program left alone: the test process runs
+    the prelude itself), then answer requests until the test process closes the pipe."""
     objects = _Objects()
     table = {}
+    from_prelude = from_prelude or {}
     for name, value in list(ns.items()):
-        if name.startswith("__"):
+        if name.startswith("__") or (name in from_prelude and from_prelude[name] is value):
             continue
         try:
             if type(value).__name__ == "module" and not type(value).__flags__ & (1 << 9):
@@ -244,18 +246,19 @@ class Remote:
             self.gone = f"the program ended ({e})"
             raise CandidateGone(self.gone) from None
         reply = self._recv()
+        error = None
         try:
-            if reply[0] == "ok" and len(reply) == 2:
+            if type(reply) is list and reply[0] == "ok" and len(reply) == 2:
                 return self.decode(reply[1])
-            if reply[0] == "exc" and len(reply) == 5:
-                raise self._exception(*reply[1:])
-        except (wire.WireError, TypeError, ValueError, IndexError, RecursionError, MemoryError) as e:
-            if isinstance(e, MemoryError):
-                raise
+            if type(reply) is list and reply[0] == "exc" and len(reply) == 5:
+                error = self._exception(*reply[1:])
+        except (wire.WireError, TypeError, ValueError, IndexError, KeyError, RecursionError) as e:
             self.gone = f"malformed reply from the program ({type(e).__name__})"
             raise CandidateGone(self.gone) from None
-        self.gone = "malformed reply from the program"
-        raise CandidateGone(self.gone)
+        if error is None:
+            self.gone = "malformed reply from the program"
+            raise CandidateGone(self.gone)
+        raise error
 
     def _exception(self, name, base_name, message, hid):
         if hid:

@@ -63,7 +63,7 @@ def namespace(table, remote, suite):
     standard library or among the suite's own imports only). A program name that would shadow a builtin is left
     out (a program's ``abs`` must not judge ``abs(candidate(x) - y) < 1e-6``), unless it is the entry point."""
     ns = {"__name__": "__main__", "__builtins__": builtins}
-    if suite.get("prelude"):
+    if suite.get("prelude") and suite["kind"] != "call":  # (call tests use only the program's entry point)
         exec(compile(suite["prelude"], "<prelude>", "exec"), ns)
     allowed = _STDLIB | set(suite.get("_modules", ()))
     for name, doc in table.items():

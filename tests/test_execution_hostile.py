@@ -351,3 +351,81 @@ def test_requested_isolation_is_refused_not_downgraded(monkeypatch):
     monkeypatch.delenv("DREAMPRM_SANDBOX")
     with pytest.warns(RuntimeWarning, match="WITHOUT: filesystem isolation.*a private /tmp.*environ"):
         assert isolation() == "rlimits"
+
+
+# ----------------------------------------------------------------------------------------------- proxy semantics
+CLASS_PROGRAM = '''
+class StackError(ValueError):
+    pass
+
+class Stack:
+    kind = "lifo"
+    def __init__(self, items=None):
+        self.items = list(items or [])
+    def push(self, x):
+        self.items.append(x)
+        return self
+    def pop(self):
+        if not self.items:
+            raise StackError("empty")
+        return self.items.pop()
+    def __len__(self):
+        return len(self.items)
+    def __iter__(self):
+        return iter(self.items)
+    def __getitem__(self, i):
+        return self.items[i]
+    def __contains__(self, x):
+        return x in self.items
+
+def make():
+    return Stack([1])
+'''
+CLASS_TESTS = '''
+import unittest
+
+class TestStack(unittest.TestCase):
+    def test_state_and_chaining(self):
+        s = Stack()
+        self.assertIs(s.push(1).push(2), s)
+        self.assertEqual(s.items, [1, 2])
+        self.assertEqual((len(s), list(s), s[0], 2 in s, 5 in s), (2, [1, 2], 1, True, False))
+        s.items = [7]
+        self.assertEqual(s.pop(), 7)
+        self.assertEqual(Stack.kind, "lifo")
+        self.assertIsInstance(s, Stack)
+        self.assertIsInstance(make(), Stack)
+
+    def test_exceptions(self):
+        with self.assertRaises(StackError):
+            Stack().pop()
+        with self.assertRaises(ValueError):
+            Stack().pop()
+        self.assertRaises(TypeError, Stack().push)
+'''
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_proxy_keeps_object_semantics_and_prelude(mode):
+    from dreamprm_trl.tasks import PRELUDES
+
+    lcb = PRELUDES["livecodebench"]
+    prelude_stdio = TestSuite.stdio(["3"], ["[3]"], prelude="from typing import *")
+    typed = "def f(n: List[int]) -> List[int]:\n    return [n]\nprint(f(int(input())))\n"
+    pairs = [
+        (CLASS_PROGRAM, TestSuite.unittest(CLASS_TESTS, ["TestStack"])),
+        (typed, prelude_stdio),
+        (typed, TestSuite.stdio(["3"], ["[3]"])),  # no prelude: List is undefined
+        ("def f(xs: List[int]) -> int:\n    return sum(xs)\n",
+         TestSuite.asserts(["assert f([1, 2]) == 3"], prelude="from typing import *")),
+        ("def f(x):\n    return {x: (x, float('nan'), b'\\x00', 1j, range(x), frozenset([x]))}\n",
+         TestSuite.check("import math\ndef check(c):\n    v = c(2)[2]\n    assert v[0] == 2 and math.isnan(v[1]) and v[2:] == (b'\\x00', 1j, range(2), frozenset([2]))\n", "f")),
+        ("abs = lambda x: 0\ndef f(x):\n    return x\n", TestSuite.check("def check(c):\n    assert abs(c(5) - 3) < 1\n", "f")),
+        # LiveCodeBench's import block: gcd, deque and List without imports, in stdio and call suites
+        ("print(gcd(*map(int, input().split())), len(deque([1, 2])))\n", TestSuite.stdio(["4 6"], ["2 2"], prelude=lcb)),
+        ("class Solution:\n    def f(self, xs: List[int]) -> int:\n        return gcd(*xs)\n",
+         TestSuite.call("f", ["[4, 6]"], ["2"], prelude=lcb)),
+    ]
+    results = execute_many(pairs, progress=False, sandbox=mode)
+    expected = ["passed", "passed", "runtime_error", "passed", "passed", "failed", "passed", "passed"]
+    assert [r.status for r in results] == expected, results
