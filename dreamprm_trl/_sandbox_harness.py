@@ -20,11 +20,19 @@ import sys
 import _signal as signal  # `signal` imports enum, which costs more than a trivial test
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling modules (``-I`` leaves them out)
-import _sandbox_proxy  # noqa: E402 - imported once here, before any fork
-import _sandbox_tests  # noqa: E402
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_sandbox_proxy = _sandbox_tests = None
 
-del sys.path[0]  # the program imports nothing from the harness's folder
+
+def _import_siblings():
+    """The proxy and test-process modules (not needed by stdio suites: imported once, before any fork)."""
+    global _sandbox_proxy, _sandbox_tests
+    sys.path.insert(0, _HERE)  # (``-I`` leaves the script's folder out)
+    try:
+        import _sandbox_proxy
+        import _sandbox_tests
+    finally:
+        del sys.path[0]  # the program imports nothing from the harness's folder
 
 _MEMORY_EXIT = 3
 _FILENAME = "<solution>"
@@ -349,6 +357,7 @@ def _fork(target, *args):
 
 def supervise_tests(code_obj, payload):
     """Fork the candidate and the test process; collect one report per test from the test process only."""
+    _import_siblings()
     n = payload["n_tests"]
     cap = int(payload["max_output_bytes"])
     req_r, req_w = os.pipe()

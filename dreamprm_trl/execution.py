@@ -216,7 +216,36 @@ _INSIDE_WORK = "/tmp/work"  # the work dir's path inside bubblewrap
 _UID_BASE, _UID_SPAN = 1_500_000_000, 500_000_000  # throw-away uids for programs (root under bwrap only)
 _HARNESS = str(Path(__file__).with_name("_sandbox_harness.py"))
 _HARNESS_FILES = tuple(str(Path(__file__).with_name(f"_sandbox_{m}.py")) for m in ("harness", "proxy", "tests", "wire"))
-_INSIDE_HARNESS = "/run/dreamprm"  # where the harness files are mounted inside bubblewrap
+_INSIDE_HARNESS = "/run/dreamprm"  # where the harness folder is mounted inside bubblewrap
+_harness_state: dict[str, str] = {}
+_harness_lock = threading.Lock()
+
+
+def _harness_dir() -> str:
+    """A private folder holding the harness files and their bytecode (compiled once per process: compiling them
+    in every sandbox would cost milliseconds per program). Removed when the process exits."""
+    with _harness_lock:
+        if "dir" not in _harness_state:
+            import atexit
+            import py_compile
+
+            folder = tempfile.mkdtemp(prefix="dreamprm-harness-")
+            for path in _HARNESS_FILES:
+                target = shutil.copy2(path, folder)
+                py_compile.compile(target, doraise=True)
+            for root, dirs, files in os.walk(folder):
+                os.chmod(root, 0o755)
+                for name in files:
+                    os.chmod(os.path.join(root, name), 0o644)
+            atexit.register(shutil.rmtree, folder, True)
+            _harness_state["dir"] = folder
+        return _harness_state["dir"]
+
+
+def _harness_argv(folder: str) -> list[str]:
+    """Run the harness from ``folder`` as a module (so its bytecode is used), then forget the folder."""
+    start = f"import sys; sys.path.insert(0, {folder!r}); import _sandbox_harness as h; del sys.path[0]; h.main()"
+    return [sys.executable, "-I", "-S", "-c", start]
 _OPT_IN_ERROR = (
     "Refusing to execute model-written code: pass allow_code_execution=True (or set the environment variable "
     "HF_ALLOW_CODE_EVAL=1) to confirm that you accept the risk. The code runs in a sandbox (see "
@@ -252,7 +281,7 @@ def _bwrap_works() -> str | None:
         if "path" not in _bwrap_state:
             path = shutil.which("bwrap")
             if path:
-                check = f"import sys; sys.path.insert(0, {_INSIDE_HARNESS!r}); import _sandbox_proxy, _sandbox_tests"
+                check = f"import sys; sys.path.insert(0, {_INSIDE_HARNESS!r}); import _sandbox_harness, _sandbox_proxy"
                 try:
                     probe = subprocess.run(
                         [*_bwrap_command(path), sys.executable, "-I", "-S", "-c", check],
@@ -396,9 +425,7 @@ def _bwrap_command(bwrap: str, work: str | None = None, uid: int | None = None, 
                 made.add(parent)
                 cmd += ["--perms", "0755", "--dir", parent]
         cmd += ["--ro-bind", path, path]
-    cmd += ["--perms", "0755", "--dir", _INSIDE_HARNESS]
-    for path in _HARNESS_FILES:
-        cmd += ["--ro-bind", path, f"{_INSIDE_HARNESS}/{os.path.basename(path)}"]
+    cmd += ["--ro-bind", _harness_dir(), _INSIDE_HARNESS]
     return cmd + ["--chdir", _INSIDE_WORK, "--"]
 
 
@@ -664,10 +691,8 @@ def _sandboxed(code: str, suite: TestSuite, base: str, timeout: float, memory_mb
             os.close(nonce_w)
             nonce_w = -1
             with open(out_path, "wb") as out_f, open(err_path, "wb") as err_f, open(report_path, "wb") as rep_f:
-                harness = _HARNESS
-                if level == "bwrap":
-                    harness = f"{_INSIDE_HARNESS}/{os.path.basename(_HARNESS)}"
-                argv = [sys.executable, "-I", "-S", harness, str(rep_f.fileno()), str(nonce_r)]
+                harness = _INSIDE_HARNESS if level == "bwrap" else _harness_dir()
+                argv = _harness_argv(harness) + [str(rep_f.fileno()), str(nonce_r)]
                 if level == "bwrap":
                     argv = _bwrap_command(_bwrap_works() or "bwrap", None, uid, tmp_mb) + argv
                 proc = subprocess.Popen(
