@@ -56,9 +56,10 @@ def _limit(payload, n_tests):
             pass
 
 
-def _runner_setup(payload, keep_fds, n_tests, uid_offset=0, dumpable=True):
-    """In a fresh fork: drop the supervisor's fds, restore signals, apply limits, become the throw-away uid
-    (plus ``uid_offset``: the test process has a uid of its own, so the program can neither signal nor trace it)."""
+def _runner_setup(payload, keep_fds, n_tests, dumpable=True):
+    """In a fresh fork: drop the supervisor's fds, restore signals, apply limits, become the throw-away uid. The
+    test process shares the program's uid (the tests and the program share files in the work dir, as in the
+    benchmarks' harnesses) but is not dumpable: the program can neither trace it nor open its /proc files."""
     for fd in payload["_close_fds"]:
         if fd not in keep_fds:
             try:
@@ -68,7 +69,6 @@ def _runner_setup(payload, keep_fds, n_tests, uid_offset=0, dumpable=True):
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     _limit(payload, n_tests)
     uid = payload.get("uid")
-    uid = uid + uid_offset if uid is not None else None
     if uid is not None:  # a throw-away uid: RLIMIT_NPROC then bounds fork bombs (root is exempt from it)
         try:
             resource.setrlimit(resource.RLIMIT_NPROC, (payload["max_procs"], payload["max_procs"]))
@@ -332,7 +332,7 @@ def _run_candidate(code_obj, payload, req_fd, resp_fd):
 
 
 def _run_test_process(payload, req_fd, resp_fd, report_fd):
-    _runner_setup(payload, {req_fd, resp_fd, report_fd}, payload["n_tests"], uid_offset=1, dumpable=False)
+    _runner_setup(payload, {req_fd, resp_fd, report_fd}, payload["n_tests"], dumpable=False)
     fd = os.open(os.devnull, os.O_RDONLY)
     os.dup2(fd, 0)
     os.close(fd)

@@ -9,6 +9,7 @@ process, which alone writes verdicts, on a pipe the candidate never holds.
 
 import builtins
 import os
+import sys
 
 import _sandbox_wire as wire
 
@@ -26,6 +27,9 @@ class _Objects:
         self.by_hid, self.hid_of = {}, {}
 
     def handle(self, obj):
+        name = named(obj)
+        if name is not None:  # a standard-library class or function: the test process looks it up itself
+            return ["N", name]
         hid = self.hid_of.get(id(obj))
         if hid is None:
             hid = len(self.by_hid) + 1
@@ -54,12 +58,49 @@ def _exception_reply(exc, objects):
     if t.__name__ in _NO_RAISE and not heap:
         return ["exc", "RuntimeError", "RuntimeError", f"the program raised {t.__name__}({message}) during the test", 0]
     base = next((b.__name__ for b in t.__mro__ if b.__module__ == "builtins" and not b.__flags__ & (1 << 9)), "Exception")
-    return ["exc", str(t.__name__), base, message, objects.handle(t)[1] if heap else 0]
+    ref = objects.handle(t) if heap else ["h", 0]
+    return ["exc", str(t.__name__), base, message, ref[1] if ref[0] == "h" else ref]
+
+
+def named(obj):
+    """``[module, qualname]`` when ``obj`` is a module-level object of the standard library (``int``, ``len``,
+    ``datetime.datetime``, ``collections.deque``) that the other side can look up itself; else None."""
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if type(module) is not str or type(qualname) is not str or module.split(".")[0] not in sys.stdlib_module_names:
+        return None
+    try:
+        found = resolve_named(module, qualname)
+    except Exception:  # noqa: BLE001
+        return None
+    return [module, qualname] if found is obj else None
+
+
+def resolve_named(module, qualname):
+    import importlib
+
+    if str(module).split(".")[0] not in sys.stdlib_module_names:
+        raise wire.WireError(f"{module} is not a standard-library module")
+    value = importlib.import_module(str(module))
+    for part in str(qualname).split("."):
+        value = getattr(value, part)
+    return value
+
+
+_MUTABLE = ((list, "list"), (dict, "dict"), (set, "set"))
+
+
+def _replace(target, value):
+    if isinstance(target, list):
+        target[:] = value
+    else:
+        target.clear()
+        target.update(value)
 
 
 def _dispatch(req, objects):
     op, args = req[0], req[1:]
-    dec = lambda doc: wire.decode(doc, objects.resolve)  # noqa: E731
+    hooks = {"N": lambda body, _one: resolve_named(*body)}
+    dec = lambda doc: wire.decode(doc, objects.resolve, hooks)  # noqa: E731
     target = objects.resolve(args[0], "")
     if op == "call":
         return target(*dec(args[1]), **dec(args[2]))
@@ -71,6 +112,9 @@ def _dispatch(req, objects):
         return target[dec(args[1])]
     if op == "setitem":
         target[dec(args[1])] = dec(args[2])
+        return None
+    if op == "delitem":
+        del target[dec(args[1])]
         return None
     if op == "len":
         return len(target)
@@ -84,6 +128,8 @@ def _dispatch(req, objects):
         return str(target)
     if op == "repr":
         return repr(target)
+    if op == "replace":
+        return _replace(target, dec(args[1]))
     raise wire.WireError(f"unknown request {op!r}")
 
 
@@ -99,6 +145,8 @@ def serve(ns, req_fd, resp_fd, from_prelude=None):
         try:
             if type(value).__name__ == "module" and not type(value).__flags__ & (1 << 9):
                 table[name] = ["m", str(value.__name__)]
+            elif named(value) is not None:  # e.g. `from collections import deque`: the tests use their own
+                table[name] = ["N", named(value)]
             else:
                 table[name] = wire.encode(value, objects.handle)
         except Exception:  # noqa: BLE001 - a name that cannot cross is simply absent
@@ -110,7 +158,12 @@ def serve(ns, req_fd, resp_fd, from_prelude=None):
         except EOFError:
             return
         try:
-            reply = ["ok", wire.encode(_dispatch(req, objects), objects.handle)]
+            result = _dispatch(req, objects)
+            kind = next((k for base, k in _MUTABLE if isinstance(result, base)), None)
+            if kind and req[0] in ("getattr", "getitem"):  # the tests may mutate it in place: keep a handle
+                reply = ["ok", ["m", [objects.handle(result)[1], kind, wire.encode(result, objects.handle)]]]
+            else:
+                reply = ["ok", wire.encode(result, objects.handle)]
         except MemoryError:
             raise
         except BaseException as e:  # noqa: BLE001 - every failure goes back to the test as an exception
@@ -148,6 +201,9 @@ class Handle:
 
     def __setitem__(self, key, value):
         self._ask("setitem", self._remote.encode(key), self._remote.encode(value))
+
+    def __delitem__(self, key):
+        self._ask("delitem", self._remote.encode(key))
 
     def __len__(self):
         value = self._ask("len")
@@ -228,14 +284,24 @@ class Remote:
 
     def encode(self, value):
         def handle_of(obj):
-            if type(obj) is Handle and obj._remote is self:
+            if isinstance(obj, Handle) and obj._remote is self:
                 return ["h", obj._hid]
+            name = named(obj)
+            if name is not None:
+                return ["N", name]
             raise TypeError(f"cannot pass a test-side {type(obj).__name__} to the program (plain data only)")
 
         return wire.encode(value, handle_of)
 
     def decode(self, doc):
-        return wire.decode(doc, self.make_handle)
+        return wire.decode(doc, self.make_handle, {"m": self._mutable, "N": lambda body, _one: resolve_named(*body)})
+
+    def _mutable(self, body, decode_one):
+        hid, kind, value = int(body[0]), str(body[1]), decode_one(body[2])
+        cls = {"list": RemoteList, "dict": RemoteDict, "set": RemoteSet}.get(kind)
+        if cls is None or type(value) is not cls.__mro__[2]:
+            raise wire.WireError("bad mutable container")
+        return cls(value, self, hid)
 
     def request(self, op, hid, *args):
         if self.gone:
@@ -261,7 +327,11 @@ class Remote:
         raise error
 
     def _exception(self, name, base_name, message, hid):
-        if hid:
+        if type(hid) is list:  # a standard-library exception class, e.g. json.JSONDecodeError
+            cls = resolve_named(*hid[1])
+            if not (isinstance(cls, type) and issubclass(cls, Exception)):
+                cls = RuntimeError
+        elif hid:
             cls = self._exception_class(int(hid), name, base_name)
         else:
             cls = getattr(builtins, str(name), None)
@@ -280,3 +350,91 @@ def close(fd):
         os.close(fd)
     except OSError:
         pass
+
+
+# ------------------------------------------------------------------------------------------------ containers
+class _Synced:
+    """A local copy of one of the program's lists, dicts or sets, read through an attribute or item. Comparisons
+    use the local copy (plain data); every in-place change is applied locally, then the whole contents are written
+    back to the program's object, so ``obj.items.append(3)`` works as with shared memory."""
+
+    _MUTATORS = ()
+
+    def _bind(self, remote, hid, parent=None, key=None):
+        self._remote, self._hid, self._parent, self._key = remote, hid, parent, key
+
+    def _sync(self):
+        if getattr(self, "_remote", None) is None:
+            return
+        base = type(self).__mro__[2]
+        self._remote.request("replace", self._hid, self._remote.encode(base(self)))
+        if self._parent is not None:  # keep the container it was read from up to date
+            type(self._parent).__mro__[2].__setitem__(self._parent, self._key, base(self))
+
+    def _child(self, key, value):
+        if getattr(self, "_remote", None) is not None and type(value) in (list, dict, set):
+            child = self._remote.request("getitem", self._hid, self._remote.encode(key))
+            if isinstance(child, _Synced):
+                child._parent, child._key = self, key
+                return child
+        return value
+
+    def __copy__(self):
+        return type(self).__mro__[2](self)
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        return copy.deepcopy(type(self).__mro__[2](self), memo)
+
+    def __reduce_ex__(self, protocol):
+        return (type(self).__mro__[2], (type(self).__mro__[2](self),))
+
+
+def _mutators(cls):
+    base = cls.__mro__[2]
+    for name in cls._MUTATORS:
+        def method(self, *args, _name=name, **kwargs):
+            result = getattr(base, _name)(self, *args, **kwargs)
+            self._sync()
+            return self if _name.startswith("__i") else result
+
+        method.__name__ = name
+        setattr(cls, name, method)
+    return cls
+
+
+@_mutators
+class RemoteList(_Synced, list):
+    _MUTATORS = ("append", "extend", "insert", "remove", "pop", "clear", "sort", "reverse", "__setitem__",
+                 "__delitem__", "__iadd__", "__imul__")
+
+    def __init__(self, value=(), remote=None, hid=0):
+        list.__init__(self, value)
+        self._bind(remote, hid)
+
+    def __getitem__(self, index):
+        value = list.__getitem__(self, index)
+        return value if isinstance(index, slice) else self._child(index, value)
+
+
+@_mutators
+class RemoteDict(_Synced, dict):
+    _MUTATORS = ("__setitem__", "__delitem__", "pop", "popitem", "clear", "update", "setdefault", "__ior__")
+
+    def __init__(self, value=(), remote=None, hid=0):
+        dict.__init__(self, value)
+        self._bind(remote, hid)
+
+    def __getitem__(self, key):
+        return self._child(key, dict.__getitem__(self, key))
+
+
+@_mutators
+class RemoteSet(_Synced, set):
+    _MUTATORS = ("add", "discard", "remove", "pop", "clear", "update", "difference_update", "intersection_update",
+                 "symmetric_difference_update", "__ior__", "__iand__", "__isub__", "__ixor__")
+
+    def __init__(self, value=(), remote=None, hid=0):
+        set.__init__(self, value)
+        self._bind(remote, hid)

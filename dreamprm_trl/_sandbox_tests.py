@@ -70,6 +70,12 @@ def namespace(table, remote, suite):
         name = str(name)
         if hasattr(builtins, name) and name != suite.get("entry_point"):
             continue
+        if type(doc) is list and len(doc) == 2 and doc[0] == "N":  # a standard-library object: our own copy
+            try:
+                ns[name] = proxy.resolve_named(*doc[1])
+            except Exception:  # noqa: BLE001
+                pass
+            continue
         if type(doc) is list and len(doc) == 2 and doc[0] == "m":
             module = str(doc[1])
             if module.split(".")[0] in allowed:

@@ -13,6 +13,7 @@ import os
 
 _HEAPTYPE = 1 << 9
 _SCALARS = (bool, int, float, str, type(None))
+_DATETIME = ("date", "datetime", "time", "timedelta")
 _CAP = 1 << 30  # no single message may exceed 1 GiB (the memory limit stops it first)
 
 
@@ -90,6 +91,10 @@ def encode(value, handle_of, _depth=0):
         return ["M", str(value)]
     if t.__module__ == "collections" and t.__name__ == "deque" and not t.__flags__ & _HEAPTYPE:
         return ["Q", [encode(v, handle_of, d) for v in list(value)]]
+    if t.__module__ == "datetime" and not t.__flags__ & _HEAPTYPE and t.__name__ in _DATETIME:
+        if t.__name__ == "timedelta":
+            return ["DT", ["timedelta", [value.days, value.seconds, value.microseconds]]]
+        return ["DT", [t.__name__, value.isoformat()]]
     if t.__module__ == "numpy" and not t.__flags__ & _HEAPTYPE and hasattr(value, "tolist"):
         return encode(value.tolist(), handle_of, d)  # ndarray and numpy scalars
     if not t.__flags__ & _HEAPTYPE and hasattr(t, "__next__"):  # map, zip, generators: consumed now
@@ -98,8 +103,10 @@ def encode(value, handle_of, _depth=0):
 
 
 # ------------------------------------------------------------------------------------------------ test side
-def decode(doc, make_handle, _depth=0):
-    """Build a fresh value of built-in types from ``doc``; ``make_handle(id, flags)`` builds the proxy of a handle."""
+def decode(doc, make_handle, hooks=None, _depth=0):
+    """Build a fresh value of built-in types from ``doc``; ``make_handle(id, flags)`` builds the proxy of a handle.
+    ``hooks`` maps the extra tags one side accepts to ``hook(body, decode_one)`` ("N" named objects on the candidate
+    side, "m" mutable containers on the test side)."""
     if _depth > 210:
         raise WireError("value nested too deeply")
     t = type(doc)
@@ -109,18 +116,20 @@ def decode(doc, make_handle, _depth=0):
         raise WireError("bad value")
     tag, body = doc[0], doc[1]
     d = _depth + 1
+    if hooks and tag in hooks:
+        return hooks[tag](body, lambda sub: decode(sub, make_handle, hooks, d))
     if tag == "L":
-        return [decode(v, make_handle, d) for v in body]
+        return [decode(v, make_handle, hooks, d) for v in body]
     if tag == "T":
-        return tuple(decode(v, make_handle, d) for v in body)
+        return tuple(decode(v, make_handle, hooks, d) for v in body)
     if tag == "D":
-        return {decode(k, make_handle, d): decode(v, make_handle, d) for k, v in body}
+        return {decode(k, make_handle, hooks, d): decode(v, make_handle, hooks, d) for k, v in body}
     if tag == "E":
-        return {decode(v, make_handle, d) for v in body}
+        return {decode(v, make_handle, hooks, d) for v in body}
     if tag == "Z":
-        return frozenset(decode(v, make_handle, d) for v in body)
+        return frozenset(decode(v, make_handle, hooks, d) for v in body)
     if tag == "I":
-        return iter([decode(v, make_handle, d) for v in body])
+        return iter([decode(v, make_handle, hooks, d) for v in body])
     if tag == "B":
         return bytes.fromhex(body)
     if tag == "C":
@@ -134,7 +143,16 @@ def decode(doc, make_handle, _depth=0):
     if tag == "Q":
         import collections
 
-        return collections.deque(decode(v, make_handle, d) for v in body)
+        return collections.deque(decode(v, make_handle, hooks, d) for v in body)
+    if tag == "DT":
+        import datetime
+
+        kind, value = str(body[0]), body[1]
+        if kind == "timedelta":
+            return datetime.timedelta(days=int(value[0]), seconds=int(value[1]), microseconds=int(value[2]))
+        if kind not in _DATETIME:
+            raise WireError(f"bad datetime kind {kind!r}")
+        return getattr(datetime, kind).fromisoformat(str(value))
     if tag == "h":
         return make_handle(int(body), str(doc[2]) if len(doc) > 2 else "")
     raise WireError(f"unknown tag {tag!r}")
