@@ -97,13 +97,34 @@ def _replace(target, value):
         target.update(value)
 
 
+class _Called:
+    """A call's result plus the new contents of the list, dict and set arguments it changed in place."""
+
+    def __init__(self, value, changed):
+        self.value, self.changed = value, changed
+
+
+def _call(target, args_doc, kwargs_doc, dec, objects):
+    args, kwargs = dec(args_doc), dec(kwargs_doc)
+    value = target(*args, **kwargs)
+    docs = [(str(i), d, a) for i, (d, a) in enumerate(zip(args_doc[1], args))]
+    docs += [("k:" + str(k), d, kwargs.get(dec(k))) for k, d in kwargs_doc[1]]
+    changed = {}
+    for key, doc, arg in docs:
+        if isinstance(arg, (list, dict, set)):
+            new = wire.encode(arg, objects.handle)
+            if new != doc:
+                changed[key] = new
+    return _Called(value, changed)
+
+
 def _dispatch(req, objects):
     op, args = req[0], req[1:]
     hooks = {"N": lambda body, _one: resolve_named(*body)}
     dec = lambda doc: wire.decode(doc, objects.resolve, hooks)  # noqa: E731
     target = objects.resolve(args[0], "")
     if op == "call":
-        return target(*dec(args[1]), **dec(args[2]))
+        return _call(target, args[1], args[2], dec, objects)
     if op == "getattr":
         return getattr(target, str(args[1]))
     if op == "setattr":
@@ -160,7 +181,9 @@ def serve(ns, req_fd, resp_fd, from_prelude=None):
         try:
             result = _dispatch(req, objects)
             kind = next((k for base, k in _MUTABLE if isinstance(result, base)), None)
-            if kind and req[0] in ("getattr", "getitem"):  # the tests may mutate it in place: keep a handle
+            if isinstance(result, _Called):
+                reply = ["ok", wire.encode(result.value, objects.handle), result.changed]
+            elif kind and req[0] in ("getattr", "getitem"):  # the tests may mutate it in place: keep a handle
                 reply = ["ok", ["m", [objects.handle(result)[1], kind, wire.encode(result, objects.handle)]]]
             else:
                 reply = ["ok", wire.encode(result, objects.handle)]
@@ -186,7 +209,11 @@ class Handle:
         return self._remote.request(op, self._hid, *args)
 
     def __call__(self, *args, **kwargs):
-        return self._ask("call", self._remote.encode(list(args)), self._remote.encode(kwargs))
+        value = self._ask("call", self._remote.encode(list(args)), self._remote.encode(kwargs))
+        for key, doc in (self._remote.changed or {}).items():  # arguments the program changed in place
+            arg = kwargs.get(key[2:]) if key.startswith("k:") else args[int(key)] if key.isdigit() and int(key) < len(args) else None
+            _overwrite(arg, self._remote.decode(doc))
+        return value
 
     def __getattr__(self, name):
         if name.startswith("__") and name.endswith("__"):
@@ -250,6 +277,7 @@ class Remote:
         self.req_fd, self.resp_fd = req_fd, resp_fd
         self.handles, self.exceptions = {}, {}
         self.gone = ""
+        self.changed = None
 
     def _recv(self):
         try:
@@ -313,8 +341,11 @@ class Remote:
             raise CandidateGone(self.gone) from None
         reply = self._recv()
         error = None
+        self.changed = None
         try:
-            if type(reply) is list and reply[0] == "ok" and len(reply) == 2:
+            if type(reply) is list and reply[0] == "ok" and len(reply) in (2, 3):
+                if len(reply) == 3 and op == "call" and type(reply[2]) is dict:
+                    self.changed = reply[2]
                 return self.decode(reply[1])
             if type(reply) is list and reply[0] == "exc" and len(reply) == 5:
                 error = self._exception(*reply[1:])
@@ -353,6 +384,18 @@ def close(fd):
 
 
 # ------------------------------------------------------------------------------------------------ containers
+def _overwrite(target, new):
+    """Give the test's own list, dict or set argument the contents the program left in it."""
+    for base in (list, dict, set):
+        if isinstance(target, base) and type(new) is base:
+            if base is list:
+                list.__setitem__(target, slice(None), new)
+            else:
+                base.clear(target)
+                base.update(target, new)
+            return
+
+
 class _Synced:
     """A local copy of one of the program's lists, dicts or sets, read through an attribute or item. Comparisons
     use the local copy (plain data); every in-place change is applied locally, then the whole contents are written

@@ -429,3 +429,11 @@ def test_proxy_keeps_object_semantics_and_prelude(mode):
     results = execute_many(pairs, progress=False, sandbox=mode)
     expected = ["passed", "passed", "runtime_error", "passed", "passed", "failed", "passed", "passed"]
     assert [r.status for r in results] == expected, results
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_arguments_changed_in_place_reach_the_tests(mode):
+    program = "def push(stack, d, x):\n    stack.append(x)\n    d['n'] = d.get('n', 0) + 1\n    return len(stack)\n"
+    tests = ["s, d = [1], {}", "assert push(s, d, 2) == 2 and push(s, d=d, x=3) == 3", "assert (s, d) == ([1, 2, 3], {'n': 2})"]
+    r = execute(program, TestSuite.asserts(["\n".join(tests)]), sandbox=mode)
+    assert r.passed, r
