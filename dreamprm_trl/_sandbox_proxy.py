@@ -86,6 +86,20 @@ def resolve_named(module, qualname):
     return value
 
 
+def resolve_for_tests(module, qualname):
+    """:func:`resolve_named` for a name the *program* sent: only a class (of an ordinary metaclass) or a function
+    is accepted, never an instance such as ``unittest.mock.ANY``, which compares equal to everything."""
+    import abc
+    import types
+
+    value = resolve_named(module, qualname)
+    if isinstance(value, type) and type(value) in (type, abc.ABCMeta):
+        return value
+    if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, types.ModuleType)):
+        return value
+    raise wire.WireError(f"{module}.{qualname} is not a class or function")
+
+
 _MUTABLE = ((list, "list"), (dict, "dict"), (set, "set"))
 
 
@@ -210,6 +224,9 @@ class Handle:
 
     def __call__(self, *args, **kwargs):
         value = self._ask("call", self._remote.encode(list(args)), self._remote.encode(kwargs))
+        if self._remote.plain_only and self._remote.saw_handle:
+            raise TypeError("the program returned an object of its own (a class instance or function), which is "
+                            "not plain data; check and asserts suites compare plain data only")
         for key, doc in (self._remote.changed or {}).items():  # arguments the program changed in place
             arg = kwargs.get(key[2:]) if key.startswith("k:") else args[int(key)] if key.isdigit() and int(key) < len(args) else None
             _overwrite(arg, self._remote.decode(doc))
@@ -278,6 +295,8 @@ class Remote:
         self.handles, self.exceptions = {}, {}
         self.gone = ""
         self.changed = None
+        self.saw_handle = False
+        self.plain_only = False  # check/asserts suites: a call must return plain data (as HumanEval/MBPP expect)
 
     def _recv(self):
         try:
@@ -294,6 +313,7 @@ class Remote:
         return msg[1]
 
     def make_handle(self, hid, flags):
+        self.saw_handle = True
         if hid not in self.handles:
             if "x:" in flags:  # an exception class of the program's: a local class of the same name and base
                 base_name, _, name = flags.split("x:", 1)[1].partition(":")
@@ -322,7 +342,7 @@ class Remote:
         return wire.encode(value, handle_of)
 
     def decode(self, doc):
-        return wire.decode(doc, self.make_handle, {"m": self._mutable, "N": lambda body, _one: resolve_named(*body)})
+        return wire.decode(doc, self.make_handle, {"m": self._mutable, "N": lambda body, _one: resolve_for_tests(*body)})
 
     def _mutable(self, body, decode_one):
         hid, kind, value = int(body[0]), str(body[1]), decode_one(body[2])
@@ -341,7 +361,7 @@ class Remote:
             raise CandidateGone(self.gone) from None
         reply = self._recv()
         error = None
-        self.changed = None
+        self.changed, self.saw_handle = None, False
         try:
             if type(reply) is list and reply[0] == "ok" and len(reply) in (2, 3):
                 if len(reply) == 3 and op == "call" and type(reply[2]) is dict:
@@ -359,7 +379,7 @@ class Remote:
 
     def _exception(self, name, base_name, message, hid):
         if type(hid) is list:  # a standard-library exception class, e.g. json.JSONDecodeError
-            cls = resolve_named(*hid[1])
+            cls = resolve_for_tests(*hid[1])
             if not (isinstance(cls, type) and issubclass(cls, Exception)):
                 cls = RuntimeError
         elif hid:

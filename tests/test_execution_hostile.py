@@ -97,6 +97,17 @@ def attack():
 def add(a, b):
     return Eq() if a == 1 else int_(0)
 """,
+    # a standard-library object that equals everything, returned (and bound to the name) by reference
+    "named-mock-any": """
+import sys, unittest.mock
+def attack():
+    pass
+proxy = sys.modules.get("_sandbox_proxy")
+if proxy is not None:  # send it as a name for the test process to look up itself
+    proxy.named = lambda obj: ["unittest.mock", "ANY"] if obj is unittest.mock.ANY else None
+def add(a, b):
+    return unittest.mock.ANY
+""",
     # unittest's result class replaced so that failures are never recorded
     "replace-testresult": """
 import unittest, unittest.result
