@@ -245,6 +245,15 @@ def test_deep_trees_and_host_errors_do_not_lose_the_batch(mode, monkeypatch, scr
     assert list(scratch.iterdir()) == []  # host check: every work directory is gone, the deep one included
 
 
+def test_a_work_dir_that_cannot_be_removed_is_the_programs_status(monkeypatch):
+    real, kept = execution._rmtree, []
+    monkeypatch.setattr(execution, "_rmtree", lambda path: kept.append(path) or f"{path} is still there")
+    r = execute("print(1)", TestSuite.stdio([""], ["1"]), sandbox=MODES[-1])
+    assert [real(path) for path in kept] == [None]  # (the test's own clean-up)
+    assert (r.status, r.passed) == ("runtime_error", False)
+    assert r.reason.startswith("executor error: could not remove the work directory")
+
+
 def test_rmtree_handles_1500_nested_dirs_and_unsearchable_folders(scratch):
     path = scratch / "deep"
     os.mkdir(path)
