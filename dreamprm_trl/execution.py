@@ -260,8 +260,9 @@ def _check_opt_in(allow_code_execution: bool) -> None:
 def isolation(sandbox: str | None = None) -> str:
     """The isolation level programs run under: ``"bwrap"`` or ``"rlimits"``.
 
-    ``sandbox`` (or the ``DREAMPRM_SANDBOX`` environment variable) may force ``"rlimits"``, or demand ``"bwrap"``
-    (an error when it is unavailable); the default ``"auto"`` uses bubblewrap when it is on PATH and works.
+    ``sandbox`` (or the ``DREAMPRM_SANDBOX`` environment variable) may force ``"rlimits"``, or demand ``"bwrap"``:
+    then nothing runs without it (a ``RuntimeError``, never a silent downgrade). The default ``"auto"`` uses
+    bubblewrap when it is on PATH and works, else warns once, naming what rlimits mode lacks (:data:`RLIMITS_MISSING`).
     """
     global _warned
     choice = (sandbox or os.environ.get(SANDBOX_ENV) or "auto").lower()
@@ -540,7 +541,8 @@ class SandboxedExecutor:
 
     Args:
         timeout: wall-clock seconds per test case (CPU time is capped alike).
-        memory_mb: address-space limit of the process running the program.
+        memory_mb: memory budget of a program: the address-space limit of each of its processes; under bubblewrap
+            ``1/TMP_SHARE`` of it caps the private ``/tmp`` (RAM) and the address space gets the rest.
         workers: parallel programs in :meth:`run_many` (default: all cores).
         allow_code_execution: opt in to running model-written code (or set ``HF_ALLOW_CODE_EVAL=1``).
         progress: show a tqdm bar in :meth:`run_many`.
