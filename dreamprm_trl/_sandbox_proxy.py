@@ -8,7 +8,6 @@ process, which alone writes verdicts, on a pipe the candidate never holds.
 """
 
 import builtins
-import os
 import sys
 
 import _sandbox_wire as wire
@@ -395,12 +394,6 @@ class Remote:
             exc.args = (str(message),)
             return exc
 
-
-def close(fd):
-    try:
-        os.close(fd)
-    except OSError:
-        pass
 
 
 # ------------------------------------------------------------------------------------------------ containers
