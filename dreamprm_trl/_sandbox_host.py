@@ -49,24 +49,56 @@ _harness_lock = threading.Lock()
 
 
 def _harness_dir() -> str:
-    """A private folder holding the harness files and their bytecode (compiled once per process: compiling them
-    in every sandbox would cost milliseconds per program). Removed when the process exits."""
+    """The folder holding the harness files and their bytecode (compiled once, not in every sandbox: that would
+    cost milliseconds per program). One folder per harness version and uid, shared by processes and never left
+    behind by a killed one; used only when it is ours and writable by nobody else, else rebuilt privately."""
     with _harness_lock:
         if "dir" not in _harness_state:
-            import atexit
-            import py_compile
+            import hashlib
 
-            folder = tempfile.mkdtemp(prefix="dreamprm-harness-")
+            digest = hashlib.sha256(sys.version.encode())
             for path in _HARNESS_FILES:
-                target = shutil.copy2(path, folder)
-                py_compile.compile(target, doraise=True)
-            for root, dirs, files in os.walk(folder):
-                os.chmod(root, 0o755)
-                for name in files:
-                    os.chmod(os.path.join(root, name), 0o644)
-            atexit.register(shutil.rmtree, folder, True)
-            _harness_state["dir"] = folder
+                digest.update(Path(path).read_bytes())
+            shared = os.path.join(tempfile.gettempdir(), f"dreamprm-harness-{os.getuid()}-{digest.hexdigest()[:16]}")
+            if not _ours(shared):
+                folder = _build_harness_dir()
+                try:
+                    os.rename(folder, shared)
+                except OSError:  # another process made it first (or the name is taken)
+                    shutil.rmtree(folder, ignore_errors=True)
+            if not _ours(shared):
+                import atexit
+
+                shared = _build_harness_dir()
+                atexit.register(shutil.rmtree, shared, True)
+            _harness_state["dir"] = shared
         return _harness_state["dir"]
+
+
+def _build_harness_dir() -> str:
+    import py_compile
+
+    folder = tempfile.mkdtemp(prefix="dreamprm-harness-tmp-")
+    for path in _HARNESS_FILES:
+        py_compile.compile(shutil.copy2(path, folder), doraise=True)
+    for root, _dirs, files in os.walk(folder):
+        os.chmod(root, 0o755)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o644)
+    return folder
+
+
+def _ours(folder: str) -> bool:
+    """``folder`` and everything in it belong to us, are not symlinks and are writable by no one else."""
+    try:
+        entries = [folder] + [os.path.join(r, n) for r, ds, fs in os.walk(folder) for n in ds + fs]
+        for entry in entries:
+            st = os.lstat(entry)
+            if st.st_uid != os.getuid() or st.st_mode & 0o022 or os.path.islink(entry):
+                return False
+        return all(os.path.isfile(os.path.join(folder, os.path.basename(p))) for p in _HARNESS_FILES)
+    except OSError:
+        return False
 
 
 def _harness_argv(folder: str) -> list[str]:
