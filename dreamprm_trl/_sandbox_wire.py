@@ -14,6 +14,7 @@ import os
 _HEAPTYPE = 1 << 9
 _SCALARS = (bool, int, float, str, type(None))
 _DATETIME = ("date", "datetime", "time", "timedelta")
+_BIG_INT_BITS = 4000 * 3  # below Python's default 4300-digit limit on int <-> decimal text
 _CAP = 1 << 30  # no single message may exceed 1 GiB (the memory limit stops it first)
 
 
@@ -60,13 +61,15 @@ def encode(value, handle_of, _depth=0):
     if _depth > 200:
         raise RecursionError("value nested deeper than 200 levels")
     t = type(value)
+    if t is int and value.bit_length() > _BIG_INT_BITS:
+        return ["X", hex(value)]  # (decimal text of huge ints is capped by sys.get_int_max_str_digits, hex is not)
     if t in _SCALARS:
         return value  # (json writes NaN and Infinity, and reads them back)
     d = _depth + 1
     if issubclass(t, bool):  # pragma: no cover - bool cannot be subclassed
         return bool(value)
     if issubclass(t, int):
-        return int.__index__(value)
+        return encode(int.__index__(value), handle_of, d)
     if issubclass(t, float):
         return float.__float__(value)
     if issubclass(t, str):
@@ -130,6 +133,8 @@ def decode(doc, make_handle, hooks=None, _depth=0):
         return frozenset(decode(v, make_handle, hooks, d) for v in body)
     if tag == "I":
         return iter([decode(v, make_handle, hooks, d) for v in body])
+    if tag == "X":
+        return int(str(body), 16)
     if tag == "B":
         return bytes.fromhex(body)
     if tag == "C":
