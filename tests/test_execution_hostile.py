@@ -412,6 +412,8 @@ class TestStack(unittest.TestCase):
         self.assertEqual((len(s), list(s), s[0], 2 in s, 5 in s), (2, [1, 2], 1, True, False))
         s.items = [7]
         self.assertEqual(s.pop(), 7)
+        s.items.append(9)  # a synced copy: the change reaches the program's list
+        self.assertEqual((s.pop(), len(s)), (9, 0))
         self.assertEqual(Stack.kind, "lifo")
         self.assertIsInstance(s, Stack)
         self.assertIsInstance(make(), Stack)
