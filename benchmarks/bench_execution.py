@@ -25,26 +25,31 @@ from dreamprm_trl.execution import DEFAULT_TIMEOUT, SandboxedExecutor, TestSuite
 
 ROOT = Path(__file__).resolve().parent
 SHARED = ROOT.parent.parent / "shared" / "data" / "humaneval_codegen16b"
-TRIVIAL = "a, b = map(int, input().split())\nprint(a + b)\n"
+TRIVIAL = {  # one trivial program per suite kind: the per-program overhead of the sandbox and the test process
+    "stdio": ("a, b = map(int, input().split())\nprint(a + b)\n", TestSuite.stdio(["2 3\n"], ["5\n"])),
+    "check": ("def add(a, b):\n    return a + b\n",
+              TestSuite.check("def check(candidate):\n    assert candidate(2, 3) == 5\n", "add")),
+}
 
 
 def _load():
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def bench_trivial(level: str, n: int, n_alone: int, workers: int | None) -> dict:
-    suite = TestSuite.stdio(["2 3\n"], ["5\n"])
+def bench_trivial(level: str, kind: str, n: int, n_alone: int, workers: int | None) -> dict:
+    code, suite = TRIVIAL[kind]
     executor = SandboxedExecutor(workers=workers, allow_code_execution=True, progress=False, sandbox=level)
-    executor.run(TRIVIAL, suite)  # warm the page cache
+    executor.run(code, suite)  # warm the page cache
     cpu0 = _cpu()
-    alone = [executor.run(TRIVIAL, suite) for _ in range(n_alone)]
+    alone = [executor.run(code, suite) for _ in range(n_alone)]
     cpu1 = _cpu()
     start = time.perf_counter()
-    many = executor.run_many([(TRIVIAL, suite)] * n)
+    many = executor.run_many([(code, suite)] * n)
     elapsed = time.perf_counter() - start
     assert all(r.passed for r in alone + many), [r for r in alone + many if not r.passed][:1]
     return {
         "isolation": level,
+        "kind": kind,
         "programs": n,
         "workers": workers or os.cpu_count(),
         "programs_per_s": round(n / elapsed, 2),
@@ -161,12 +166,12 @@ def bench_humaneval(samples_per_task: int, workers: int | None, timeout: float) 
 def _markdown(report: dict) -> str:
     lines = ["# Executor benchmark", "", f"Machine: {report['machine']}", ""]
     lines += [
-        "| isolation | programs/s (all cores) | median overhead ms | p90 ms | CPU ms/program | load avg after |",
-        "|---|---|---|---|---|---|",
+        "| isolation | suite kind | programs/s (all cores) | median overhead ms | p90 ms | CPU ms/program | load avg after |",
+        "|---|---|---|---|---|---|---|",
     ]
     for t in report["trivial"]:
         lines.append(
-            f"| {t['isolation']} | {t['programs_per_s']} | {t['median_overhead_ms']} | {t['p90_overhead_ms']} | "
+            f"| {t['isolation']} | {t.get('kind', 'stdio')} | {t['programs_per_s']} | {t['median_overhead_ms']} | {t['p90_overhead_ms']} | "
             f"{t['cpu_ms_per_program']} | {t['loadavg_after']} |"
         )
     lines += ["", "Overhead = wall time of one trivial program run alone (start, sandbox, verdict, clean-up). "
@@ -202,13 +207,14 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=10, help="HumanEval samples per problem (0: skip)")
     parser.add_argument("--workers", type=int, default=None, help="parallel programs (default: all cores)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
+    parser.add_argument("--kinds", nargs="+", default=sorted(TRIVIAL), choices=sorted(TRIVIAL), help="trivial suites")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "execution")
     args = parser.parse_args()
     os.environ.setdefault("HF_ALLOW_CODE_EVAL", "1")
     levels = ["bwrap", "rlimits"] if isolation() == "bwrap" else ["rlimits"]
     report = {
         "machine": f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, load avg at start {_load()}",
-        "trivial": [bench_trivial(level, args.trivial, args.alone, args.workers) for level in levels],
+        "trivial": [bench_trivial(level, kind, args.trivial, args.alone, args.workers) for level in levels for kind in args.kinds],
     }
     if args.samples:
         report["humaneval"] = bench_humaneval(args.samples, args.workers, args.timeout)

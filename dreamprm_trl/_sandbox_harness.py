@@ -1,10 +1,13 @@
 """Code that runs inside the sandbox (``python -I -S _sandbox_harness.py REPORT_FD NONCE_FD``). Standard library only.
 
-The *supervisor* (this script's process) never runs candidate code: it compiles the program, forks one *runner*
-per stdio test (or one runner for the other suite kinds), enforces the per-test wall clock, kills every leftover
-descendant (it is a child subreaper, so daemons that called ``setsid`` stay in its tree) and writes the verdicts,
-prefixed by a nonce it reads only after all runners are gone, to a report fd that runners close before any
-candidate code runs. Runners apply the resource limits to themselves and run the candidate code.
+The *supervisor* (this script's process) never runs candidate code. It compiles the program and, for stdio suites,
+forks one runner per test. For the other suite kinds it forks two processes that share nothing but two pipes: the
+*candidate process* runs the prelude and the program and answers requests on its objects
+(:mod:`_sandbox_proxy`), and the *test process* runs the test code against proxies of the program's names
+(:mod:`_sandbox_tests`) and alone reports verdicts to the supervisor. The supervisor enforces the per-test wall
+clock, kills every leftover descendant (it is a child subreaper, so daemons that called ``setsid`` stay in its
+tree) and writes the verdicts, prefixed by a nonce it reads only after all children are gone, to a report fd that
+no child holds.
 """
 
 import builtins
@@ -17,139 +20,27 @@ import sys
 import _signal as signal  # `signal` imports enum, which costs more than a trivial test
 import time
 
-_HEAPTYPE = 1 << 9
-_SCALARS = (bool, int, float, complex, str, bytes, type(None))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_sandbox_proxy = _sandbox_tests = None
+
+
+def _import_siblings():
+    """The proxy and test-process modules (not needed by stdio suites: imported once, before any fork)."""
+    global _sandbox_proxy, _sandbox_tests
+    sys.path.insert(0, _HERE)  # (``-I`` leaves the script's folder out)
+    try:
+        import _sandbox_proxy
+        import _sandbox_tests
+    finally:
+        del sys.path[0]  # the program imports nothing from the harness's folder
+
 _MEMORY_EXIT = 3
 _FILENAME = "<solution>"
 
 
-# ----------------------------------------------------------------------------------------------- plain data
-class NotPlainData(TypeError):
-    pass
-
-
-def to_plain(value, _depth=0):
-    """A fresh copy of ``value`` built from built-in types only; raises :class:`NotPlainData` otherwise.
-
-    Subclasses of built-in types are copied through the base type's C methods (so an overridden ``__eq__`` is
-    dropped), numpy values go through ``item``/``tolist``, and values of immutable built-in (static C) types such
-    as ``range`` or ``Decimal`` pass unchanged. Instances of classes defined in Python are rejected.
-    """
-    if _depth > 200:
-        raise NotPlainData("value nested deeper than 200 levels")
-    t = type(value)
-    if t in _SCALARS:
-        return value
-    d = _depth + 1
-    if issubclass(t, bool):
-        return bool.__bool__(value)  # pragma: no cover - bool cannot be subclassed
-    if issubclass(t, int):
-        return int.__index__(value)
-    if issubclass(t, float):
-        return float.__float__(value)
-    if issubclass(t, str):
-        return str.__str__(value)
-    if issubclass(t, bytes):
-        return bytes.__bytes__(value)
-    if issubclass(t, complex):
-        return complex.__complex__(value)
-    if issubclass(t, tuple):
-        return tuple(to_plain(v, d) for v in tuple.__iter__(value))
-    if issubclass(t, list):
-        return [to_plain(v, d) for v in list.__iter__(value)]
-    if issubclass(t, dict):
-        return {to_plain(k, d): to_plain(v, d) for k, v in dict.items(value)}
-    if issubclass(t, frozenset):
-        return frozenset(to_plain(v, d) for v in frozenset.__iter__(value))
-    if issubclass(t, set):
-        return {to_plain(v, d) for v in set.__iter__(value)}
-    np = sys.modules.get("numpy")
-    if np is not None and t.__module__ == "numpy" and not t.__flags__ & _HEAPTYPE:
-        if t is np.ndarray:
-            return to_plain(value.tolist(), d)
-        if isinstance(value, np.generic):
-            return to_plain(value.item(), d)
-    if not t.__flags__ & _HEAPTYPE:
-        if hasattr(t, "__next__"):
-            return (to_plain(v, d) for v in value)
-        return value
-    raise NotPlainData(f"returned a value of type {t.__module__}.{t.__qualname__}, which is not plain data")
-
-
-def plain_returns(fn):
-    """Wrap a candidate callable so that its return value is converted by :func:`to_plain`."""
-
-    def wrapper(*args, **kwargs):
-        return to_plain(fn(*args, **kwargs))
-
-    for attr in ("__name__", "__qualname__", "__doc__"):
-        try:
-            setattr(wrapper, attr, getattr(fn, attr))
-        except (AttributeError, TypeError):
-            pass
-    wrapper.__wrapped__ = fn
-    return wrapper
-
-
-def _test_namespace(ns, names):
-    """A copy of the program's namespace for the test code, its callables wrapped by :func:`plain_returns`.
-    The program's own functions keep calling each other unwrapped (recursion depth and speed unchanged)."""
-    test_ns = dict(ns)
-    for name in names:
-        value = ns.get(name)
-        if callable(value) and not isinstance(value, type) and type(value).__name__ != "module":
-            test_ns[name] = plain_returns(value)
-    return test_ns
-
-
-_COMPARISONS = ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__bool__", "__len__", "__contains__")
-
-
-def _suspect(value, _depth=0):
-    """True when ``value`` holds an instance of a class defined by the program that defines its own comparison
-    or truth dunders: such objects may not decide an assertion."""
-    t = type(value)
-    if t in _SCALARS or _depth > 50:
-        return False
-    if t.__flags__ & _HEAPTYPE and t.__module__ == "__candidate__":
-        if any(n in vars(base) for base in t.__mro__[:-1] for n in _COMPARISONS if base.__module__ == "__candidate__"):
-            return True
-    if issubclass(t, (list, tuple, set, frozenset)):
-        return any(_suspect(v, _depth + 1) for v in t.__iter__(value))
-    if issubclass(t, dict):
-        return any(_suspect(k, _depth + 1) or _suspect(v, _depth + 1) for k, v in dict.items(value))
-    return False
-
-
-def _guard_unittest(unittest):
-    """Make every ``TestCase.assert*`` refuse operands whose comparison the program itself defines."""
-
-    def guard(method):
-        def guarded(self, *args, **kwargs):
-            for arg in args[:2]:
-                if _suspect(arg):
-                    raise NotPlainData(f"{type(arg).__qualname__} defines its own comparison; compare plain data")
-            return method(self, *args, **kwargs)
-
-        guarded.__name__ = method.__name__
-        return guarded
-
-    for name, value in list(vars(unittest.TestCase).items()):
-        if name.startswith("assert") and callable(value) and name != "assertRaises":
-            setattr(unittest.TestCase, name, guard(value))
-
-
 # ----------------------------------------------------------------------------------------------- runner side
-def _write_msg(fd, obj):
-    body = marshal.dumps(obj)
-    data = len(body).to_bytes(4, "little") + body
-    while data:
-        n = os.write(fd, data)
-        data = data[n:]
-
-
 def _limit(payload, n_tests):
-    mem = int(payload["memory_mb"]) * 1024 * 1024
+    mem = int(payload["address_space_mb"]) * 1024 * 1024
     cpu = int(payload["timeout"] * max(1, n_tests)) + 2
     cap = int(payload["max_output_bytes"])
     for res, value in (
@@ -165,8 +56,10 @@ def _limit(payload, n_tests):
             pass
 
 
-def _runner_setup(payload, keep_fds, n_tests):
-    """In a fresh fork: drop the supervisor's fds, restore signals, apply limits."""
+def _runner_setup(payload, keep_fds, n_tests, dumpable=True):
+    """In a fresh fork: drop the supervisor's fds, restore signals, apply limits, become the throw-away uid. The
+    test process shares the program's uid (the tests and the program share files in the work dir, as in the
+    benchmarks' harnesses) but is not dumpable: the program can neither trace it nor open its /proc files."""
     for fd in payload["_close_fds"]:
         if fd not in keep_fds:
             try:
@@ -185,9 +78,9 @@ def _runner_setup(payload, keep_fds, n_tests):
         except OSError as e:
             os.write(2, f"sandbox: could not drop privileges: {e}\n".encode())
             os._exit(71)
-    if uid is not None or not _PIDNS:
+    if uid is not None or not _PIDNS or not dumpable:
         try:
-            _prctl(4, 1)  # PR_SET_DUMPABLE: the runner is an ordinary process (/dev/stdin works)
+            _prctl(4, int(dumpable))  # PR_SET_DUMPABLE: 1 for the program (/dev/stdin works), 0 for the tests
         except Exception:
             pass
 
@@ -199,23 +92,6 @@ def _exit_runner(code):
         except Exception:
             pass
     os._exit(code)
-
-
-def _missing_module(exc, suite_modules):
-    """Name of a module the suite itself imports that is not installed, else None."""
-    if isinstance(exc, ModuleNotFoundError) and exc.name:
-        top = exc.name.split(".")[0]
-        if top in suite_modules and top not in sys.stdlib_module_names:
-            return top
-    return None
-
-
-def _classify(exc):
-    if isinstance(exc, MemoryError):
-        return "memory"
-    if isinstance(exc, AssertionError):
-        return "fail"
-    return "error"
 
 
 def _short(exc):
@@ -233,7 +109,10 @@ def _run_stdio_child(code_obj, payload, in_fd, out_fd):
     os.close(out_fd)
     status = 0
     try:
-        exec(code_obj, {"__name__": "__main__", "__builtins__": builtins})
+        ns = {"__name__": "__main__", "__builtins__": builtins}
+        if payload["suite"].get("prelude"):
+            exec(compile(payload["suite"]["prelude"], "<prelude>", "exec"), ns)
+        exec(code_obj, ns)
     except SystemExit as e:
         status = 0 if e.code in (None, 0) else 1
         if status and not isinstance(e.code, int):
@@ -246,147 +125,6 @@ def _run_stdio_child(code_obj, payload, in_fd, out_fd):
         traceback.print_exc(limit=-3)
         status = 1
     _exit_runner(status)
-
-
-def _run_tests_child(code_obj, payload, msg_fd):
-    """One runner for call/check/asserts/unittest suites; one JSON message per test on ``msg_fd``."""
-    suite = payload["suite"]
-    kind = suite["kind"]
-    n = payload["n_tests"]
-    _runner_setup(payload, {msg_fd}, n)
-    fd = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(fd, 0)
-    os.close(fd)
-    suite_modules = set(payload["suite_modules"])
-    builtins_snapshot = dict(vars(builtins))
-    if kind == "unittest":  # guard, then snapshot, the assertion machinery before any candidate code runs
-        import unittest
-
-        _guard_unittest(unittest)
-        case_snapshot = dict(vars(unittest.TestCase))
-    ns = {"__name__": "__candidate__", "__builtins__": builtins}
-
-    def send(i, result, detail="", out=None):
-        msg = {"i": i, "r": result, "detail": detail}
-        if out is not None:
-            msg["out"] = out
-        _write_msg(msg_fd, msg)
-
-    def fail_all(result, detail):
-        for i in range(n):
-            send(i, result, detail)
-        _exit_runner(0)
-
-    try:
-        exec(code_obj, ns)
-        candidate_names = [k for k in ns if not k.startswith("__")]
-        if suite.get("setup"):
-            exec(compile(suite["setup"], "<setup>", "exec"), ns)
-    except SystemExit as e:
-        fail_all("error", f"program called sys.exit({e.code!r}) while loading")
-    except BaseException as e:  # noqa: BLE001 - every failure is a verdict
-        missing = _missing_module(e, suite_modules)
-        if missing:
-            fail_all("skipped", f"module {missing!r} needed by the tests is not installed")
-        fail_all(_classify(e) if not isinstance(e, AssertionError) else "error", "while loading: " + _short(e))
-    tampered = [k for k, v in builtins_snapshot.items() if vars(builtins).get(k) is not v]
-    if tampered:
-        vars(builtins).update(builtins_snapshot)
-        fail_all("fail", f"program modified builtins {tampered[:5]}")
-
-    def guarded(i, fn):
-        try:
-            fn()
-        except SystemExit as e:
-            send(i, "error", f"sys.exit({e.code!r}) during the test")
-        except BaseException as e:  # noqa: BLE001
-            missing = _missing_module(e, suite_modules)
-            if missing:
-                send(i, "skipped", f"module {missing!r} needed by the tests is not installed")
-            else:
-                send(i, _classify(e), _short(e))
-        else:
-            tampered = [k for k, v in builtins_snapshot.items() if vars(builtins).get(k) is not v]
-            if tampered:
-                send(i, "fail", f"program modified builtins {tampered[:5]}")
-            else:
-                send(i, "ok")
-
-    if kind == "call":
-        import json
-
-        fn_name = suite["fn_name"]
-        if "Solution" in ns and isinstance(ns["Solution"], type):
-            def target():
-                return getattr(ns["Solution"](), fn_name)
-        else:
-            def target():
-                if fn_name not in ns:
-                    raise NameError(f"the program defines neither class Solution nor function {fn_name!r}")
-                return ns[fn_name]
-        for i, text in enumerate(suite["inputs"]):
-            def one(i=i, text=text):
-                args = [json.loads(line) for line in text.split("\n") if line.strip()]
-                value = to_plain(target()(*args))
-                if isinstance(value, (set, frozenset)):
-                    value = sorted(value)
-                send(i, "ok", out=json.dumps(value))
-
-            try:
-                one()
-            except SystemExit as e:
-                send(i, "error", f"sys.exit({e.code!r}) during the test")
-            except BaseException as e:  # noqa: BLE001
-                send(i, _classify(e) if not isinstance(e, AssertionError) else "error", _short(e))
-    elif kind == "check":
-        entry = suite["entry_point"]
-
-        def run_check():
-            exec(compile(suite["code"], "<tests>", "exec"), ns)
-            if entry not in ns:
-                raise NameError(f"the program does not define the entry point {entry!r}")
-            ns["check"](plain_returns(ns[entry]))
-
-        guarded(0, run_check)
-    elif kind == "asserts":
-        test_ns = _test_namespace(ns, candidate_names)
-        for i, text in enumerate(suite["assertions"]):
-            guarded(i, lambda text=text: exec(compile(text, f"<test {i}>", "exec"), test_ns))
-    elif kind == "unittest":
-        try:
-            exec(compile(suite["code"], "<tests>", "exec"), ns)
-        except BaseException as e:  # noqa: BLE001
-            missing = _missing_module(e, suite_modules)
-            if missing:
-                fail_all("skipped", f"module {missing!r} needed by the tests is not installed")
-            fail_all("error", "while loading the tests: " + _short(e))
-        for i, name in enumerate(suite["test_classes"]):
-            def run_case(name=name):
-                cls = ns.get(name)
-                if not (isinstance(cls, type) and issubclass(cls, unittest.TestCase)):
-                    raise NameError(f"test class {name!r} is not defined by the test code")
-                result = unittest.TestResult()
-                unittest.defaultTestLoader.loadTestsFromTestCase(cls).run(result)
-                changed = [k for k, v in case_snapshot.items() if vars(unittest.TestCase).get(k) is not v]
-                if changed:
-                    raise AssertionError(f"program modified unittest.TestCase {changed[:5]}")
-                problems = result.errors + result.failures
-                for _, text in problems:
-                    last = text.strip().splitlines()[-1] if text.strip() else ""
-                    if "MemoryError" in last:
-                        raise MemoryError(last)
-                    missing_name = last.split("'")[1] if last.startswith("ModuleNotFoundError") and "'" in last else ""
-                    if missing_name and missing_name.split(".")[0] in suite_modules:
-                        raise ModuleNotFoundError(last, name=missing_name)
-                if result.errors:
-                    raise RuntimeError(result.errors[0][1].strip().splitlines()[-1][-400:])
-                if result.failures:
-                    raise AssertionError(result.failures[0][1].strip().splitlines()[-1][-400:])
-                if result.skipped or result.expectedFailures or result.unexpectedSuccesses or not result.testsRun:
-                    raise AssertionError("tests were skipped or none ran")
-
-            guarded(i, run_case)
-    _exit_runner(0)
 
 
 # ----------------------------------------------------------------------------------------------- supervisor
@@ -568,22 +306,69 @@ def supervise_stdio(code_obj, payload):
     return results
 
 
-def supervise_tests(code_obj, payload):
-    n = payload["n_tests"]
-    cap = int(payload["max_output_bytes"])
-    r, w = os.pipe()
+def _run_candidate(code_obj, payload, req_fd, resp_fd):
+    """The candidate process: the prelude, the program, then :func:`_sandbox_proxy.serve` until the tests end."""
+    _runner_setup(payload, {req_fd, resp_fd}, payload["n_tests"])
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(fd, 0)
+    os.close(fd)
+    ns = {"__name__": "__candidate__", "__builtins__": builtins}
+    try:
+        try:
+            if payload["suite"].get("prelude"):
+                exec(compile(payload["suite"]["prelude"], "<prelude>", "exec"), ns)
+            from_prelude = dict(ns)
+            exec(code_obj, ns)
+        except MemoryError:
+            raise
+        except BaseException as e:  # noqa: BLE001 - the test process turns it into the verdict
+            reply = _sandbox_proxy._exception_reply(e, _sandbox_proxy._Objects())
+            _sandbox_proxy.wire.send(resp_fd, ["exc", reply[1:5]])
+            _exit_runner(0)
+        _sandbox_proxy.serve(ns, req_fd, resp_fd, from_prelude)
+    except MemoryError:
+        _exit_runner(_MEMORY_EXIT)
+    _exit_runner(0)
+
+
+def _run_test_process(payload, req_fd, resp_fd, report_fd):
+    _runner_setup(payload, {req_fd, resp_fd, report_fd}, payload["n_tests"], dumpable=False)
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(fd, 0)
+    os.close(fd)
+    try:
+        _sandbox_tests.main(payload, req_fd, resp_fd, report_fd)
+    except MemoryError:
+        _exit_runner(_MEMORY_EXIT)
+    _exit_runner(0)
+
+
+def _fork(target, *args):
     sys.stdout.flush()
     sys.stderr.flush()
-    payload["_close_fds"].append(r)
-    start = time.monotonic()
     pid = os.fork()
     if pid == 0:
         try:
-            os.close(r)
-            _run_tests_child(code_obj, payload, w)
+            target(*args)
         finally:
             os._exit(70)
-    os.close(w)
+    return pid
+
+
+def supervise_tests(code_obj, payload):
+    """Fork the candidate and the test process; collect one report per test from the test process only."""
+    _import_siblings()
+    n = payload["n_tests"]
+    cap = int(payload["max_output_bytes"])
+    req_r, req_w = os.pipe()
+    resp_r, resp_w = os.pipe()
+    rep_r, rep_w = os.pipe()
+    payload["_close_fds"] += [req_r, req_w, resp_r, resp_w, rep_r, rep_w]
+    start = time.monotonic()
+    candidate = _fork(_run_candidate, code_obj, payload, req_r, resp_w)
+    tester = _fork(_run_test_process, payload, req_w, resp_r, rep_w)
+    for fd in (req_r, req_w, resp_r, resp_w, rep_w):
+        os.close(fd)
     results = []
     state = {"buffer": b"", "size": 0, "last": start, "over": False, "bad": False}
 
@@ -592,12 +377,10 @@ def supervise_tests(code_obj, payload):
         if state["size"] > cap:
             state["over"] = True
             return False
-        state["buffer"] += data
-        buf = state["buffer"]
+        buf = state["buffer"] + data
         while len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[:4], "little"):
             size = int.from_bytes(buf[:4], "little")
             body, buf = buf[4 : 4 + size], buf[4 + size :]
-            state["buffer"] = buf
             try:
                 msg = marshal.loads(body)
                 if not isinstance(msg, dict) or msg.get("i") != len(results) or len(results) >= n:
@@ -611,30 +394,51 @@ def supervise_tests(code_obj, payload):
             entry["t"] = round(time.monotonic() - state["last"], 4)
             results.append(entry)
             state["last"] = time.monotonic()  # every test gets its own `timeout`
+        state["buffer"] = buf
         return True
 
-    status = _wait(pid, lambda: state["last"] + payload["timeout"], r, on_data)
-    os.close(r)
+    status = _wait(tester, lambda: state["last"] + payload["timeout"], rep_r, on_data)
+    os.close(rep_r)
     if status is None:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        os.kill(tester, signal.SIGKILL)
+        os.waitpid(tester, 0)
+    cand_status = _candidate_status(candidate, results)
     kill_descendants()
+    for entry in results:  # the program ended while a test needed it: its exit decides the status
+        if entry["r"] == "gone":
+            kind = _exit_kind(cand_status) if cand_status is not False else "error"
+            entry["r"] = "error" if kind == "ok" else kind
+            entry["detail"] = f"the program's process ended during the test ({_describe(cand_status) or 'exit code 0'})"
     if state["over"]:
         results.append({"i": len(results), "r": "output_limit", "detail": "test reports exceeded the output cap"})
     elif state["bad"]:
         results.append({"i": len(results), "r": "error", "detail": "malformed report from the test process"})
     elif len(results) < n:
         kind = "timeout" if status is None else _exit_kind(status)
-        detail = "the program ended the test process before all tests reported" if kind == "ok" else _describe(status)
+        detail = "the test process ended before all tests reported" if kind == "ok" else _describe(status)
         results.append({"i": len(results), "r": "error" if kind == "ok" else kind, "detail": detail})
     return results[:n]
+
+
+def _candidate_status(pid, results):
+    """The candidate's wait status when a test found it gone (it has exited, or is killed now); else False."""
+    if not any(entry["r"] == "gone" for entry in results):
+        return False
+    status = _wait(pid, lambda: time.monotonic() + 0.2)
+    if status is None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            return False
+    return status
 
 
 def _suite_modules(suite):
     import ast
 
     mods = set()
-    for text in (suite.get("setup") or "", suite.get("code") or "", *suite.get("assertions", ())):
+    for text in (suite.get("prelude") or "", suite.get("setup") or "", suite.get("code") or "", *suite.get("assertions", ())):
         try:
             tree = ast.parse(text)
         except SyntaxError:
@@ -645,6 +449,22 @@ def _suite_modules(suite):
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 mods.add(node.module.split(".")[0])
     return sorted(mods)
+
+
+def _missing_modules(modules):
+    """Top-level modules the tests import that cannot be found (found without running any of their code)."""
+    import importlib.util
+
+    missing = []
+    for name in modules:
+        if name in sys.stdlib_module_names or name in sys.builtin_module_names:
+            continue
+        try:
+            if importlib.util.find_spec(name) is None:
+                missing.append(name)
+        except (ImportError, ValueError):
+            missing.append(name)
+    return missing
 
 
 _ESCAPES = {i: f"\\u{i:04x}" for i in range(32)}
@@ -689,12 +509,18 @@ def main():
             pass
     payload["_close_fds"] = [report_fd, nonce_fd]
     suite = payload["suite"]
-    payload["suite_modules"] = _suite_modules(suite) if suite["kind"] != "stdio" else []
+    suite["_modules"] = _suite_modules(suite) if suite["kind"] != "stdio" else []
     start = time.monotonic()
+    missing = _missing_modules(suite["_modules"])
     try:
         code_obj = compile(payload["code"], _FILENAME, "exec")
     except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
-        results = [{"i": 0, "r": "syntax", "detail": _short(e)}]
+        code_obj, syntax = None, e
+    if missing:  # decided before the program runs, from the tests' own imports only
+        detail = f"module {missing[0]!r} imported by the tests is not installed"
+        results = [{"i": i, "r": "skipped", "detail": detail} for i in range(payload["n_tests"])]
+    elif code_obj is None:
+        results = [{"i": 0, "r": "syntax", "detail": _short(syntax)}]
     else:
         if suite["kind"] == "stdio":
             results = supervise_stdio(code_obj, payload)

@@ -1,8 +1,10 @@
 """Sandboxed unit-test executor: every label in the project is a verdict of this module.
 
-Each program runs in its own child process (``python -I``) under resource limits and, when ``bwrap`` is on PATH,
-inside a bubblewrap sandbox (no network, read-only root, private ``/tmp`` and PID namespace). Expected outputs of
-stdio and call-based tests never enter the sandbox; the parent compares. Needs only the standard library (and tqdm).
+Each program runs in its own child processes (``python -I``) under resource limits and, when ``bwrap`` works, inside
+a bubblewrap sandbox (only the Python installation visible, read-only; a private size-capped ``/tmp``; no network;
+own PID namespace). Test code runs in a process of its own and reaches the program through a proxy
+(``_sandbox_proxy``), so no program can forge a verdict. Expected outputs of stdio and call-based tests never enter
+the sandbox; the parent compares. The host side of the sandbox lives in ``_sandbox_host``. Standard library + tqdm.
 The README section "Running model-written code" lists what a user may rely on; the limits live in the
 ``DEFAULT_*`` constants below (one source of truth for ``execute``, ``execute_many`` and ``SandboxedExecutor``).
 """
@@ -13,22 +15,37 @@ import json
 import marshal
 import os
 import secrets
-import select
-import shutil
-import signal
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from tqdm.auto import tqdm
+
+from ._sandbox_host import (  # noqa: F401 - also re-exported (tests use _bwrap_state, _rmtree)
+    _INSIDE_HARNESS,
+    _INSIDE_WORK,
+    STDERR_TAIL_CHARS,
+    TMP_SHARE,
+    _bwrap_command,
+    _bwrap_state,
+    _bwrap_works,
+    _harness_argv,
+    _harness_dir,
+    _kill_tree,
+    _memory_split,
+    _rmtree,
+    _sandbox_env,
+    _sandbox_uid,
+    _scratch_root,
+    _site_paths,
+    _tail,
+    _wait_exit,
+)
 
 __all__ = [
     "TestSuite",
@@ -66,6 +83,10 @@ class TestSuite:
     ``stdio`` (LiveCodeBench stdin/stdout), ``call`` (LiveCodeBench functional: one JSON value per input line,
     ``class Solution`` method or plain function), ``check`` (HumanEval ``check(candidate)``), ``asserts`` (MBPP),
     ``unittest`` (ClassEval ``TestCase`` classes). Build with the constructors, not the raw fields.
+
+    ``prelude`` is code run before the program, in the program's namespace (and, for test-code suites, in the
+    tests' namespace), as benchmark harnesses do: MBPP's ``from typing import *``, LiveCodeBench's import block.
+    The loaders in :mod:`dreamprm_trl.tasks` set each benchmark's own (``tasks.PRELUDES``).
     """
 
     __test__ = False  # not a pytest test class
@@ -79,6 +100,7 @@ class TestSuite:
     assertions: tuple[str, ...] = ()
     setup: str = ""
     test_classes: tuple[str, ...] = ()
+    prelude: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in SUITE_KINDS:
@@ -97,33 +119,33 @@ class TestSuite:
 
     # -- constructors -------------------------------------------------------------------------------------------
     @classmethod
-    def stdio(cls, inputs: Sequence[str], outputs: Sequence[str]) -> "TestSuite":
+    def stdio(cls, inputs: Sequence[str], outputs: Sequence[str], prelude: str = "") -> "TestSuite":
         """Stdin/stdout tests: the program reads ``inputs[i]`` and must print ``outputs[i]``."""
-        return cls("stdio", inputs=tuple(map(str, inputs)), outputs=tuple(map(str, outputs)))
+        return cls("stdio", inputs=tuple(map(str, inputs)), outputs=tuple(map(str, outputs)), prelude=prelude)
 
     @classmethod
-    def call(cls, fn_name: str, inputs: Sequence[str], outputs: Sequence[str]) -> "TestSuite":
+    def call(cls, fn_name: str, inputs: Sequence[str], outputs: Sequence[str], prelude: str = "") -> "TestSuite":
         """Call-based tests: each input holds one JSON argument per line; output is a JSON value."""
-        return cls("call", inputs=tuple(map(str, inputs)), outputs=tuple(map(str, outputs)), fn_name=fn_name)
+        return cls("call", inputs=tuple(map(str, inputs)), outputs=tuple(map(str, outputs)), fn_name=fn_name, prelude=prelude)
 
     @classmethod
-    def check(cls, check: str, entry_point: str) -> "TestSuite":
+    def check(cls, check: str, entry_point: str, prelude: str = "") -> "TestSuite":
         """HumanEval style: ``check`` defines ``check(candidate)``, called with the program's ``entry_point``."""
-        return cls("check", code=check, entry_point=entry_point)
+        return cls("check", code=check, entry_point=entry_point, prelude=prelude)
 
     @classmethod
-    def asserts(cls, asserts: Sequence[str], setup: str = "") -> "TestSuite":
+    def asserts(cls, asserts: Sequence[str], setup: str = "", prelude: str = "") -> "TestSuite":
         """MBPP style: each string is one test (usually one ``assert`` line), run after ``setup``."""
         if isinstance(asserts, str):
             asserts = [line for line in asserts.splitlines() if line.strip()]
-        return cls("asserts", assertions=tuple(asserts), setup=setup)
+        return cls("asserts", assertions=tuple(asserts), setup=setup, prelude=prelude)
 
     @classmethod
-    def unittest(cls, test_code: str, test_classes: Sequence[str], setup: str = "") -> "TestSuite":
+    def unittest(cls, test_code: str, test_classes: Sequence[str], setup: str = "", prelude: str = "") -> "TestSuite":
         """ClassEval style: ``test_code`` defines ``unittest.TestCase`` classes; one verdict per class."""
         if isinstance(test_classes, str):
             test_classes = [test_classes]
-        return cls("unittest", code=test_code, test_classes=tuple(test_classes), setup=setup)
+        return cls("unittest", code=test_code, test_classes=tuple(test_classes), setup=setup, prelude=prelude)
 
     @classmethod
     def from_problem(cls, problem: Any) -> "TestSuite":
@@ -144,6 +166,8 @@ class TestSuite:
     def to_dict(self) -> dict:
         """JSON-safe dict (lists, not tuples); inverse of :meth:`from_dict`."""
         d = asdict(self)
+        if not d["prelude"]:  # suites without one keep their old JSON (and cache keys)
+            del d["prelude"]
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
     @classmethod
@@ -194,27 +218,33 @@ class ExecutionResult:
 # ---------------------------------------------------------------------------------------------------------------
 # Sandbox limits: the one source of truth (SandboxedExecutor, execute, execute_many and config() read these).
 DEFAULT_TIMEOUT = 6.0  # wall-clock seconds per test case (module loading counts toward the first test)
-DEFAULT_MEMORY_MB = 1024  # address space of the process running the candidate
+DEFAULT_MEMORY_MB = 1024  # per program: address space of each process + (bwrap) its private /tmp, see _memory_split
 DEFAULT_MAX_OUTPUT_BYTES = 8 * 1024 * 1024  # stdout of all tests together, and each file the program writes
-STDERR_TAIL_CHARS = 2000
 DEFAULT_MAX_PROCESSES = 32  # processes per program (RLIMIT_NPROC on its own uid; see _sandbox_uid)
 STARTUP_GRACE_S = 5.0  # the parent's backstop on top of the supervisor's own deadlines
 SANDBOX_ENV = "DREAMPRM_SANDBOX"  # "rlimits" forces rlimits-only isolation, "bwrap" requires bubblewrap
 OPT_IN_ENV = "HF_ALLOW_CODE_EVAL"
-HARNESS_VERSION = "1"
-_ENV_ALLOWLIST = ("LANG", "LC_ALL", "LC_CTYPE", "TZ")
-_MARKER = "DREAMPRM_SANDBOX_ID"
-_INSIDE_WORK = "/tmp/work"  # the work dir's path inside bubblewrap
-_UID_BASE, _UID_SPAN = 1_500_000_000, 500_000_000  # throw-away uids for programs (root under bwrap only)
-_HARNESS = str(Path(__file__).with_name("_sandbox_harness.py"))
+HARNESS_VERSION = "2"
+
+
+
+
 _OPT_IN_ERROR = (
     "Refusing to execute model-written code: pass allow_code_execution=True (or set the environment variable "
     "HF_ALLOW_CODE_EVAL=1) to confirm that you accept the risk. The code runs in a sandbox (see "
     "dreamprm_trl.execution.isolation()), but untrusted code can never be made entirely safe."
 )
 
-_bwrap_lock = threading.Lock()
-_bwrap_state: dict[str, Any] = {}
+RLIMITS_MISSING = (  # what rlimits mode does not guarantee (the fallback warning and the README list these)
+    "filesystem isolation (the program can read test data, the repository and your home directory, and write "
+    "anything you can)",
+    "no network",
+    "a private /tmp (a file left there can change a later program's verdict) and a cap on its size",
+    "a private PID namespace (the program can read your processes' /proc/<pid>/environ and signal them; a daemon "
+    "that kills its supervisor and clears its environment can survive the run)",
+    "unforgeable verdicts across runs (the program can rewrite the harness or installed modules on disk)",
+)
+
 _warned = False
 
 
@@ -223,48 +253,16 @@ def _check_opt_in(allow_code_execution: bool) -> None:
         raise PermissionError(_OPT_IN_ERROR)
 
 
-def _bwrap_works() -> str | None:
-    """Path of a working ``bwrap`` (tried once per process), else None.
-
-    The probe runs this Python inside the sandbox and checks that it sees the harness, so a sandbox that would
-    fail every program (and turn every verdict into a false failure) is never used."""
-    with _bwrap_lock:
-        if "path" not in _bwrap_state:
-            path = shutil.which("bwrap")
-            if path:
-                work = tempfile.mkdtemp(prefix="dreamprm-probe-")
-                check = "import os, sys; sys.exit(0 if os.path.isfile(sys.argv[1]) else 3)"
-                try:
-                    probe = subprocess.run(
-                        [*_bwrap_command(path, work), sys.executable, "-I", "-S", "-c", check, _HARNESS],
-                        capture_output=True, timeout=20, check=False,
-                    )
-                    if probe.returncode != 0:
-                        path = None
-                except (OSError, subprocess.SubprocessError):
-                    path = None
-                finally:
-                    shutil.rmtree(work, ignore_errors=True)
-            _bwrap_state["path"] = path
-        return _bwrap_state["path"]
 
 
-_BWRAP_BASE = (
-    "--ro-bind", "/", "/",
-    "--dev", "/dev",
-    "--proc", "/proc",
-    "--perms", "1777", "--tmpfs", "/tmp",
-    "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-    "--hostname", "sandbox",
-    "--die-with-parent", "--new-session",
-)  # fmt: skip
 
 
 def isolation(sandbox: str | None = None) -> str:
     """The isolation level programs run under: ``"bwrap"`` or ``"rlimits"``.
 
-    ``sandbox`` (or the ``DREAMPRM_SANDBOX`` environment variable) may force ``"rlimits"``, or demand ``"bwrap"``
-    (an error when it is unavailable); the default ``"auto"`` uses bubblewrap when it is on PATH and works.
+    ``sandbox`` (or the ``DREAMPRM_SANDBOX`` environment variable) may force ``"rlimits"``, or demand ``"bwrap"``:
+    then nothing runs without it (a ``RuntimeError``, never a silent downgrade). The default ``"auto"`` uses
+    bubblewrap when it is on PATH and works, else warns once, naming what rlimits mode lacks (:data:`RLIMITS_MISSING`).
     """
     global _warned
     choice = (sandbox or os.environ.get(SANDBOX_ENV) or "auto").lower()
@@ -276,182 +274,47 @@ def isolation(sandbox: str | None = None) -> str:
         return "bwrap"
     if choice == "bwrap":
         raise RuntimeError(
-            "sandbox='bwrap' but bubblewrap is not on PATH or cannot create namespaces here; install the Debian "
-            "package `bubblewrap` (apt-get install bubblewrap) or use sandbox='rlimits'"
+            f"isolation was requested (sandbox='bwrap' or {SANDBOX_ENV}=bwrap) but bubblewrap is not on PATH or "
+            "cannot create namespaces here, so no program is run; install the Debian package `bubblewrap` "
+            "(apt-get install bubblewrap), or accept the weaker rlimits mode explicitly with sandbox='rlimits'"
         )
     if not _warned:
         _warned = True
         warnings.warn(
-            "bubblewrap (bwrap) is not available: programs run with resource limits only (no network, filesystem "
-            "or PID isolation). Install the Debian package `bubblewrap` for the full sandbox.",
+            "bubblewrap (bwrap) is not available, so programs run in rlimits mode, WITHOUT: "
+            + "; ".join(RLIMITS_MISSING)
+            + ". Install the Debian package `bubblewrap` for the full sandbox, or set DREAMPRM_SANDBOX=bwrap "
+            "(or pass sandbox='bwrap') to refuse to run instead.",
             RuntimeWarning,
             stacklevel=3,
         )
     return "rlimits"
 
 
-_site_cache: dict[tuple, list[str]] = {}
 
 
-def _site_paths() -> list[str]:
-    """The caller's import path (site-packages included) for ``python -I -S``; the current directory left out."""
-    key = (tuple(sys.path), os.getcwd())
-    if key not in _site_cache:
-        cwd = os.path.realpath(os.getcwd())
-        _site_cache.clear()
-        _site_cache[key] = [p for p in sys.path if p and os.path.isdir(p) and os.path.realpath(p) != cwd]
-    return _site_cache[key]
 
 
-def _sandbox_env(work: str, marker: str) -> dict[str, str]:
-    env = {k: os.environ[k] for k in _ENV_ALLOWLIST if k in os.environ}
-    env.update(
-        PATH="/usr/local/bin:/usr/bin:/bin",
-        HOME=work,
-        TMPDIR=work,
-        PYTHONIOENCODING="utf-8",
-        PYTHONHASHSEED="0",
-        PYTHONDONTWRITEBYTECODE="1",
-        LANG=env.get("LANG", "C.UTF-8"),
-        OMP_NUM_THREADS="1",  # BLAS thread pools reserve address space per core and would trip RLIMIT_AS
-        OPENBLAS_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-    )
-    env[_MARKER] = marker
-    return env
 
 
-def _sandbox_uid(level: str) -> int | None:
-    """A fresh unprivileged uid for the program when we run as root under bubblewrap (root is exempt from
-    RLIMIT_NPROC, so only a uid of its own bounds a fork bomb); None otherwise."""
-    if level == "bwrap" and os.geteuid() == 0:
-        return _UID_BASE + secrets.randbelow(_UID_SPAN)
-    return None
 
 
-def _bwrap_command(bwrap: str, work: str, uid: int | None = None) -> list[str]:
-    """bubblewrap: read-only root, private /tmp, writable work dir only, no network, own PID namespace.
-
-    The user's home directory is hidden (credentials live there). What the program needs from a hidden place (the
-    private /tmp or the home directory) is mounted back read-only: the Python installation, the import path and
-    the harness, e.g. for a virtual environment or a checkout under /tmp.
-    """
-    cmd = [bwrap, *_BWRAP_BASE]
-    if uid is not None:  # the supervisor keeps only these: to drop the runner to `uid`, then kill it
-        cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_KILL"]
-    hidden = ["/tmp"]
-    home = os.path.realpath(os.path.expanduser("~"))
-    if home not in ("/", "") and os.path.isdir(home):
-        cmd += ["--tmpfs", home]
-        hidden.append(home)
-    keep = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.executable, *_site_paths())}
-    keep.add(os.path.dirname(os.path.realpath(_HARNESS)))
-    made: set[str] = set()
-    for path in sorted(keep):
-        root = next((h for h in hidden if path.startswith(h + os.sep)), None)
-        if root is None or not os.path.exists(path):
-            continue
-        parts = Path(path).relative_to(root).parts
-        for k in range(1, len(parts)):  # traversable parents (bwrap would make them 0700)
-            parent = os.path.join(root, *parts[:k])
-            if parent not in made:
-                made.add(parent)
-                cmd += ["--perms", "0755", "--dir", parent]
-        cmd += ["--ro-bind", path, path]
-    cmd += ["--bind", work, _INSIDE_WORK, "--chdir", _INSIDE_WORK, "--"]
-    return cmd
 
 
-def _scratch_root() -> str | None:
-    """Work dirs go to ``/dev/shm`` (tmpfs: creating and removing them is ~10x faster) unless TMPDIR is set."""
-    if not os.environ.get("TMPDIR") and os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK | os.X_OK):
-        return "/dev/shm"
-    return None
 
 
-def _proc_table() -> dict[int, int]:
-    """pid -> ppid of every live (non-zombie) process."""
-    table = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-                if fields[0] != b"Z":
-                    table[int(name)] = int(fields[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    return table
 
 
-def _marked(marker: str, pids) -> set[int]:
-    needle = f"{_MARKER}={marker}".encode()
-    found = set()
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if needle in f.read():
-                    found.add(pid)
-        except OSError:
-            pass
-    return found
 
 
-def _kill_tree(root: int | None, marker: str, rounds: int = 50) -> int:
-    """SIGKILL ``root``, its descendants and every process carrying ``marker`` in its environment.
-
-    Processes are stopped first so that none can fork while the tree is collected. Returns how many were killed.
-    """
-    killed: set[int] = set()
-    for _ in range(rounds):
-        table = _proc_table()
-        targets = _marked(marker, table) | ({root} if root in table else set())
-        children: dict[int, list[int]] = {}
-        for pid, ppid in table.items():
-            children.setdefault(ppid, []).append(pid)
-        stack = list(targets)
-        while stack:
-            for child in children.get(stack.pop(), ()):
-                if child not in targets:
-                    targets.add(child)
-                    stack.append(child)
-        targets.discard(os.getpid())
-        if not targets:
-            break
-        for sig in (signal.SIGSTOP, signal.SIGKILL):
-            for pid in targets:
-                try:
-                    os.kill(pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
-        killed |= targets
-        time.sleep(0.002)
-    return len(killed)
 
 
-def _wait_exit(proc: subprocess.Popen, seconds: float) -> None:
-    """Block until ``proc`` exits or ``seconds`` pass, without Popen.wait's sleep-polling."""
-    try:
-        pidfd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):
-        try:
-            proc.wait(timeout=seconds)
-        except subprocess.TimeoutExpired:
-            pass
-        return
-    try:
-        select.select([pidfd], [], [], seconds)
-    finally:
-        os.close(pidfd)
 
 
-def _tail(path: str, chars: int = STDERR_TAIL_CHARS) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 4 * chars))
-            return f.read().decode("utf-8", "replace")[-chars:]
-    except OSError:
-        return ""
+
+
+
+
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -560,7 +423,8 @@ def _verdict(suite: TestSuite, records: list[dict], done: bool, sizes_over: bool
 
 # ---------------------------------------------------------------------------------------------------------------
 def _run_one(code: str, suite: TestSuite, timeout: float, memory_mb: int, max_output_bytes: int, level: str) -> ExecutionResult:
-    start = time.monotonic()
+    """One program's verdict. Anything that goes wrong on the host side (an OS error, a harness crash, a work
+    directory that cannot be removed) becomes this program's ``runtime_error`` with the reason: a batch survives."""
     if not isinstance(code, str):
         raise TypeError(f"code must be a str of Python source, got {type(code).__name__}")
     if not isinstance(suite, TestSuite):
@@ -568,13 +432,32 @@ def _run_one(code: str, suite: TestSuite, timeout: float, memory_mb: int, max_ou
     n = len(suite)
     if n == 0:
         return ExecutionResult(False, "skipped", [], 0, 0, 0.0, "", "the suite has no test cases")
-    base = tempfile.mkdtemp(prefix="dreamprm-exec-", dir=_scratch_root())
-    work = os.path.join(base, "work")
+    start = time.monotonic()
+    base = None
+    try:
+        base = tempfile.mkdtemp(prefix="dreamprm-exec-", dir=_scratch_root())
+        result = _sandboxed(code, suite, base, timeout, memory_mb, max_output_bytes, level)
+    except Exception as e:  # noqa: BLE001 - one program's failure must not lose the batch
+        result = _executor_error(suite, f"{type(e).__name__}: {e}", time.monotonic() - start)
+    problem = _rmtree(base) if base else None
+    if problem:
+        result = _executor_error(suite, f"could not remove the work directory: {problem}", time.monotonic() - start)
+    return result
+
+
+def _executor_error(suite: TestSuite, why: str, wall: float) -> ExecutionResult:
+    n = len(suite)
+    return ExecutionResult(False, "runtime_error", [False] * n, 0, n, round(wall, 4), "", f"executor error: {why}"[:1000])
+
+
+def _sandboxed(code: str, suite: TestSuite, base: str, timeout: float, memory_mb: int, max_output_bytes: int, level: str) -> ExecutionResult:
+    start = time.monotonic()
+    n = len(suite)
+    work = os.path.join(base, "work")  # rlimits only: under bubblewrap the work dir is in the private /tmp
     os.mkdir(work)
     inside = _INSIDE_WORK if level == "bwrap" else work
     uid = _sandbox_uid(level)
-    if uid is not None:
-        os.chown(work, uid, uid)
+    address_mb, tmp_mb = _memory_split(memory_mb, level)
     marker = secrets.token_hex(16)
     nonce = secrets.token_hex(16)
     inner = suite.to_dict()
@@ -584,7 +467,7 @@ def _run_one(code: str, suite: TestSuite, timeout: float, memory_mb: int, max_ou
         "suite": inner,
         "n_tests": n,
         "timeout": float(timeout),
-        "memory_mb": int(memory_mb),
+        "address_space_mb": int(address_mb),
         "max_output_bytes": int(max_output_bytes),
         "sys_path": _site_paths(),
         "pidns": level == "bwrap",
@@ -604,9 +487,10 @@ def _run_one(code: str, suite: TestSuite, timeout: float, memory_mb: int, max_ou
             os.close(nonce_w)
             nonce_w = -1
             with open(out_path, "wb") as out_f, open(err_path, "wb") as err_f, open(report_path, "wb") as rep_f:
-                argv = [sys.executable, "-I", "-S", _HARNESS, str(rep_f.fileno()), str(nonce_r)]
+                harness = _INSIDE_HARNESS if level == "bwrap" else _harness_dir()
+                argv = _harness_argv(harness) + [str(rep_f.fileno()), str(nonce_r)]
                 if level == "bwrap":
-                    argv = _bwrap_command(_bwrap_works() or "bwrap", work, uid) + argv
+                    argv = _bwrap_command(_bwrap_works() or "bwrap", uid, tmp_mb) + argv
                 proc = subprocess.Popen(
                     argv,
                     stdin=payload_f,
@@ -647,20 +531,9 @@ def _run_one(code: str, suite: TestSuite, timeout: float, memory_mb: int, max_ou
         if proc is not None and proc.poll() is None:
             _kill_tree(proc.pid, marker)
             proc.wait()
-        _rmtree(base)
     return _verdict(suite, records, done, sizes_over, time.monotonic() - start, stderr)
 
 
-def _rmtree(path: str) -> None:
-    def fix(func, p, _exc):
-        try:
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700)
-            func(p)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=fix)
 
 
 class SandboxedExecutor:
@@ -668,7 +541,8 @@ class SandboxedExecutor:
 
     Args:
         timeout: wall-clock seconds per test case (CPU time is capped alike).
-        memory_mb: address-space limit of the process running the program.
+        memory_mb: memory budget of a program: the address-space limit of each of its processes; under bubblewrap
+            ``1/TMP_SHARE`` of it caps the private ``/tmp`` (RAM) and the address space gets the rest.
         workers: parallel programs in :meth:`run_many` (default: all cores).
         allow_code_execution: opt in to running model-written code (or set ``HF_ALLOW_CODE_EVAL=1``).
         progress: show a tqdm bar in :meth:`run_many`.

@@ -29,6 +29,21 @@ from typing import Any
 
 from .execution import TestSuite
 
+# Code each benchmark's own harness runs before the program (``TestSuite.prelude``). MBPP: the evaluation harness
+# prepends ``from typing import *`` (annotations such as ``List[int]`` work without an import). LiveCodeBench:
+# ``import_string`` of ``lcb_runner/evaluation/testing_util.py``, prepended to stdio and call-based programs alike.
+# HumanEval and ClassEval run the program as written (the prompt carries its own imports).
+_LCB_MODULES = ("string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random", "statistics",
+                "itertools", "functools", "operator", "io", "sys", "json")
+PRELUDES: dict[str, str] = {
+    "humaneval": "",
+    "mbpp": "from typing import *\n",
+    "classeval": "",
+    "livecodebench": "".join(f"from {m} import *\n" for m in (*_LCB_MODULES, "builtins", "typing"))
+    + "".join(f"import {m}\n" for m in _LCB_MODULES)
+    + "sys.setrecursionlimit(50000)\n",
+}
+
 __all__ = [
     "Problem",
     "STYLES",
@@ -38,6 +53,7 @@ __all__ = [
     "load_mbpp",
     "load_classeval",
     "load_livecodebench",
+    "PRELUDES",
     "docstring_asserts",
     "load_bundled_humaneval_candidates",
     "load_bundled_humaneval_reference_labels",
@@ -410,8 +426,8 @@ def load_mbpp(path: str | os.PathLike) -> list[Problem]:
             Problem(
                 task_id=f"MBPP/{task_id}" if isinstance(task_id, int) else task_id,
                 prompt=f"{text.strip()}\nYour code should pass this test:\n{tests[0]}",
-                tests=TestSuite.asserts(tests, setup=setup),
-                public_tests=TestSuite.asserts(tests[:1], setup=setup),
+                tests=TestSuite.asserts(tests, setup=setup, prelude=PRELUDES["mbpp"]),
+                public_tests=TestSuite.asserts(tests[:1], setup=setup, prelude=PRELUDES["mbpp"]),
                 style="assert",
                 entry_point=_mbpp_entry_point(tests[0], code),
                 source="mbpp",
@@ -530,7 +546,8 @@ def _decode_test_cases(raw: Any, key: str, where: str) -> list[dict]:
 
 def _lcb_suite(cases: list[dict], fn_name: str | None) -> TestSuite:
     inputs, outputs = [c["input"] for c in cases], [c["output"] for c in cases]
-    return TestSuite.call(fn_name, inputs, outputs) if fn_name else TestSuite.stdio(inputs, outputs)
+    prelude = PRELUDES["livecodebench"]
+    return TestSuite.call(fn_name, inputs, outputs, prelude) if fn_name else TestSuite.stdio(inputs, outputs, prelude)
 
 
 def _to_date(value: Any, what: str) -> date:

@@ -14,6 +14,7 @@ import pytest
 
 from dreamprm_trl.execution import TestSuite
 from dreamprm_trl.tasks import (
+    PRELUDES,
     Problem,
     docstring_asserts,
     load_bundled_classeval,
@@ -150,7 +151,8 @@ def test_mbpp_loader(tmp_path):
     assert [p.task_id for p in problems] == ["MBPP/11", "MBPP/12"]
     first, second = problems
     assert first.style == "assert" and first.source == "mbpp" and first.entry_point == "remove_Occ"
-    assert first.tests == TestSuite.asserts(MBPP_ROWS[0]["test_list"], setup="")
+    assert first.tests == TestSuite.asserts(MBPP_ROWS[0]["test_list"], setup="", prelude="from typing import *\n")
+    assert first.tests.prelude == PRELUDES["mbpp"] == first.public_tests.prelude
     assert first.public_tests.assertions == ('assert remove_Occ("hello","l") == "heo"',)
     assert first.prompt.endswith('Your code should pass this test:\nassert remove_Occ("hello","l") == "heo"')
     assert second.entry_point == "sort_matrix"  # not the builtin `sorted` called first
@@ -232,13 +234,15 @@ def test_livecodebench_loader_decodes_the_release_schema():
     ]
     call, stdin, plain_json, late = problems
     assert call.style == "call" and call.entry_point == call.fn_name == "largestPairSum"
-    assert call.tests == TestSuite.call("largestPairSum", ["[1, 5, 3]", "[2, 2]", "[-1, -2, -3]"], ["8", "4", "-3"])
-    assert call.public_tests == TestSuite.call("largestPairSum", ["[1, 5, 3]"], ["8"])
+    lcb = PRELUDES["livecodebench"]
+    assert lcb.startswith("from string import *\n") and lcb.endswith("import json\nsys.setrecursionlimit(50000)\n")
+    assert call.tests == TestSuite.call("largestPairSum", ["[1, 5, 3]", "[2, 2]", "[-1, -2, -3]"], ["8", "4", "-3"], lcb)
+    assert call.public_tests == TestSuite.call("largestPairSum", ["[1, 5, 3]"], ["8"], lcb)
     assert call.starter_code.startswith("class Solution:\n    def largestPairSum(self, nums: List[int]) -> int:")
     assert call.difficulty == "easy" and call.metadata["platform"] == "leetcode"
     assert stdin.style == "stdin" and stdin.entry_point is None
-    assert stdin.tests == TestSuite.stdio(["atcoder\n", "xyz\n", "bcdfgaeiou\n"], ["tcdr\n", "xyz\n", "bcdfg\n"])
-    assert plain_json.tests == TestSuite.stdio(["1 3\n", "5 5\n"], ["6\n", "5\n"])  # older plain-JSON private tests
+    assert stdin.tests == TestSuite.stdio(["atcoder\n", "xyz\n", "bcdfgaeiou\n"], ["tcdr\n", "xyz\n", "bcdfg\n"], lcb)
+    assert plain_json.tests == TestSuite.stdio(["1 3\n", "5 5\n"], ["6\n", "5\n"], lcb)  # older plain-JSON private tests
     assert late.metadata["contest_date"] == "2024-02-10T00:00:00" and late.difficulty == "hard"
 
 
