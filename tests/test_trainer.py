@@ -33,7 +33,8 @@ def one_thread():
 
 def _config(tmp_path, **kw):
     base = dict(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", save_strategy="no",
-                disable_tqdm=True, logging_steps=1, learning_rate=1e-2, meta_batch_size=4, meta_learning_rate=0.1)
+                disable_tqdm=True, logging_steps=1, learning_rate=1e-2, meta_batch_size=4, meta_learning_rate=0.1,
+                meta_warmup_steps=0)
     base.update(kw)
     return FunctionStepPRMConfig(**base)
 
@@ -50,7 +51,8 @@ def test_config_cli_yaml_and_validation(tmp_path):
     )
     assert (cfg.meta_method, cfg.lora_target_modules) == ("sample_reweighting", ["q_proj", "v_proj"])
     assert (cfg.learning_rate, cfg.meta_learning_rate, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) == (
-        1e-4, 1e-2, 8, 16, 0.05)
+        1e-4, None, 8, 16, 0.05)
+    assert (cfg.label_loss, cfg.label_smoothing, cfg.meta_warmup_steps, cfg.meta_split) == ("mse", 0.1, 20, "task")
     from trl import TrlParser
 
     yaml = tmp_path / "c.yaml"
@@ -120,11 +122,12 @@ def test_gradient_accumulation_matches_full_batch(tmp_path, meta_method):
             with torch.no_grad():
                 logits = prm(**{k: batch[k] for k in ("input_ids", "attention_mask", "step_positions")}).step_logits
                 y = batch["step_labels"]
-                if trainer.meta_table is not None:  # corrected labels start at clip(y, 0.02, 0.98)
+                if trainer.meta_table is not None:  # corrected labels start at the noisy labels
                     y = trainer.meta_table.labels(batch["row_ids"], y)
-            expected = step_loss(logits, y, reduction="mean").item()
+            loss_kw = dict(loss_type=trainer.args.label_loss, label_smoothing=trainer.args.label_smoothing)
+            expected = step_loss(logits, y, reduction="mean", **loss_kw).item()
             naive = [  # averaging per-micro-batch means, for every way to split the 4 rows into 2 pairs
-                np.mean([step_loss(logits[list(p)], y[list(p)]).item() for p in split])
+                np.mean([step_loss(logits[list(p)], y[list(p)], **loss_kw).item() for p in split])
                 for split in (((0, 1), (2, 3)), ((0, 2), (1, 3)), ((0, 3), (1, 2)))
             ]
         trainer.train()
@@ -207,8 +210,8 @@ def test_save_resume_restores_meta_state_and_continues_identically(tmp_path):
     resumed = FunctionStepPRMTrainer(tiny_prm(seed=1), _config(tmp_path, output_dir=str(tmp_path / "b"), **kw),
                                      train, meta)
     resumed._load_from_checkpoint(str(ckpt))
-    assert torch.equal(resumed.meta_table.z, saved["table"]["z"])
-    assert not torch.equal(resumed.meta_table.z, resumed.meta_table.phi_init)
+    assert torch.equal(resumed.meta_table.y, saved["table"]["y"])
+    assert not torch.equal(resumed.meta_table.y, resumed.meta_table.phi_init)
     opt = resumed.meta_optimizer.state_dict()["state"][0]
     assert torch.equal(opt["exp_avg"], saved["optimizer"]["state"][0]["exp_avg"])
     assert torch.equal(opt["exp_avg_sq"], saved["optimizer"]["state"][0]["exp_avg_sq"])
@@ -216,7 +219,7 @@ def test_save_resume_restores_meta_state_and_continues_identically(tmp_path):
     resumed = FunctionStepPRMTrainer(tiny_prm(seed=1), _config(tmp_path, output_dir=str(tmp_path / "b"), **kw),
                                      train, meta)
     resumed.train(resume_from_checkpoint=str(ckpt))
-    torch.testing.assert_close(resumed.meta_table.z, full.meta_table.z, rtol=0, atol=1e-6)
+    torch.testing.assert_close(resumed.meta_table.y, full.meta_table.y, rtol=0, atol=1e-6)
     pf, pr = trainable_state(full.model), trainable_state(resumed.model)
     for k in pf:
         torch.testing.assert_close(pr[k], pf[k], rtol=0, atol=1e-6)
