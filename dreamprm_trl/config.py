@@ -14,7 +14,7 @@ META_METHODS = ("label_correction", "sample_reweighting", "none")
 HYPERGRADIENTS = ("darts", "exact")
 META_SPLITS = ("task", "program")
 #: Default meta learning rate per method (``meta_learning_rate=None``); see the field's help for the sources.
-META_LEARNING_RATES = {"label_correction": 0.1, "sample_reweighting": 1e-2}
+META_LEARNING_RATES = {"label_correction": 0.2, "sample_reweighting": 1e-2}
 
 
 @dataclass
@@ -32,8 +32,10 @@ class FunctionStepPRMConfig(TrainingArguments):
         step_token (`str`, defaults to `"<|step|>"`): special token appended after every step; the head reads it.
         label_key (`str`, *optional*): column of the train rows holding the soft step labels; ``None`` picks
             ``"labels"`` then ``"mc_labels"``.
-        label_loss (`str`, defaults to `"mse"`): per-step loss against soft labels, ``mse`` (on the sigmoid, as in
-            the authors' code) or ``bce`` (with logits).
+        label_loss (`str`, defaults to `"bce"`): per-step loss against soft labels, ``bce`` (with logits) or ``mse``
+            (on the sigmoid, the authors' code). ``bce`` is the default because label correction needs it: on the
+            suite's flipped-label task the corrected labels cross back with ``bce`` (20 -> 0 wrong) and not with
+            ``mse`` (20 -> 20), see the README.
         label_smoothing (`float`, defaults to `0.1`): targets become ``y (1 - s) + s / 2`` (the authors' 0.1); the
             one target transform of every meta method, so comparisons between them are not confounded.
         score_aggregation (`str`, defaults to `"min"`): how step scores make a program score, in the meta loss and
@@ -53,7 +55,7 @@ class FunctionStepPRMConfig(TrainingArguments):
             only for the label term) or ``exact`` (second order through ``torch.func``; needs eager attention).
         darts_alpha (`float`, defaults to `0.01`): DARTS step ``eps = darts_alpha / ||v||``.
         meta_learning_rate (`float`, *optional*): learning rate of the meta table; ``None`` picks the method's
-            default: 0.1 for label correction (lazy Adam on labels in [0, 1], measured in
+            default: 0.2 for label correction (lazy Adam on labels in [0, 1], measured in
             ``benchmarks/bench_correction.py``), 1e-2 for sample reweighting (the authors' code).
         meta_weight_decay (`float`, defaults to `0.002`): pulls the table towards its initial state (noisy labels,
             weights 1); the authors' 0.002.
@@ -89,7 +91,7 @@ class FunctionStepPRMConfig(TrainingArguments):
         default=None, metadata={"help": "Column of soft step labels; None tries 'labels' then 'mc_labels'."}
     )
     label_loss: str = field(
-        default="mse", metadata={"help": "Per-step loss on soft labels.", "choices": list(LABEL_LOSSES)}
+        default="bce", metadata={"help": "Per-step loss on soft labels.", "choices": list(LABEL_LOSSES)}
     )
     label_smoothing: float = field(
         default=0.1, metadata={"help": "Smooth targets towards 0.5: y(1-s) + s/2 (every meta method)."}
@@ -119,7 +121,7 @@ class FunctionStepPRMConfig(TrainingArguments):
     darts_alpha: float = field(default=0.01, metadata={"help": "DARTS perturbation: eps = darts_alpha / ||v||."})
     meta_learning_rate: float | None = field(
         default=None,
-        metadata={"help": "Meta table learning rate; None: 0.1 (label_correction), 1e-2 (sample_reweighting)."},
+        metadata={"help": "Meta table learning rate; None: 0.2 (label_correction), 1e-2 (sample_reweighting)."},
     )
     meta_weight_decay: float = field(
         default=0.002, metadata={"help": "Decay of the meta table towards its initial state (noisy labels, weight 1)."}

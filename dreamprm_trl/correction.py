@@ -243,6 +243,18 @@ def build_table(
     raise ValueError(f"meta_method={meta_method!r}; use label_correction, sample_reweighting or none.")
 
 
+def standardise_hypergradient(grad: Tensor, seen: Tensor) -> Tensor:
+    """``g / rms(g)`` over the ``seen`` entries (zero elsewhere): the per-window label hypergradient.
+
+    The raw scale follows the inner learning-rate schedule (the unrolled step is ``lr``-proportional) and sinks
+    towards Adam's ``eps`` late in training; dividing by the window's RMS keeps each lazy Adam step near ``lr``.
+    (Also subtracting the window mean was measured worse: MAE 0.221 -> 0.237 on 30 % flips, batch 8.)
+    """
+    if not bool(seen.any()):
+        return torch.zeros_like(grad)
+    return torch.where(seen, grad / grad[seen].pow(2).mean().sqrt().clamp(min=1e-30), torch.zeros_like(grad))
+
+
 def split_by_task(
     task_ids: Sequence[str], meta_fraction: float = 0.2, seed: int = 0
 ) -> tuple[list[int], list[int]]:

@@ -34,6 +34,7 @@ from .correction import (
     darts_hypergradient,
     exact_hypergradient,
     label_loss_grad,
+    standardise_hypergradient,
 )
 from .modeling import FunctionStepPRM, aggregate_scores, fit_max_length, step_loss
 
@@ -364,12 +365,12 @@ class FunctionStepPRMTrainer(Trainer):
         phi = self.meta_table.phi
         hypergrad, meta_loss = self.compute_hypergradient(model, window, num_items)
         grad = hypergrad.to(phi.dtype)
-        if self.args.meta_weight_decay:
-            grad = grad + self.meta_table.decay_grad(self.args.meta_weight_decay) * (grad != 0)
+        seen = (grad != 0) & self.meta_table.learnable
         is_sparse = isinstance(self.meta_optimizer, torch.optim.SparseAdam)
-        if is_sparse:  # scale-free: the raw scale follows the inner lr schedule and can sink below Adam's eps
-            seen = (grad != 0) & self.meta_table.learnable
-            grad = grad / grad[seen].pow(2).mean().sqrt().clamp(min=1e-30) if seen.any() else grad
+        if is_sparse:  # decay is added in the standardised units, else it swamps a raw hypergradient of ~1e-6
+            grad = standardise_hypergradient(grad, seen)
+        if self.args.meta_weight_decay:
+            grad = grad + self.meta_table.decay_grad(self.args.meta_weight_decay) * seen
         phi.grad = self.meta_table.sparse_grad(grad) if is_sparse else grad * self.meta_table.learnable
         self.meta_optimizer.step()
         self.meta_optimizer.zero_grad(set_to_none=True)
