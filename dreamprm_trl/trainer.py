@@ -466,10 +466,11 @@ class FunctionStepPRMTrainer(Trainer):
             return self.meta_table.corrected()
         return [list(r) for r in self.noisy_labels]
 
-    def sample_weights(self) -> list[float] | None:
-        """Current per-row weights (``sample_reweighting``), normalised to mean 1; ``None`` otherwise."""
+    def sample_weights(self) -> list[list[float | None]] | None:
+        """Current weight of every train prefix (``sample_reweighting``: one per step label, in [0, 2], clean
+        verdicts fixed at 1), aligned with the rows' step labels; ``None`` for the other methods."""
         if isinstance(self.meta_table, WeightTable):
-            return self.meta_table.all_weights().detach().cpu().tolist()
+            return self.meta_table.row_weights()
         return None
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
