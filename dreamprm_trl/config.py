@@ -60,7 +60,7 @@ class FunctionStepPRMConfig(TrainingArguments):
         meta_weight_decay (`float`, defaults to `0.002`): pulls the table towards its initial state (noisy labels,
             weights 1); the authors' 0.002.
         meta_interval (`int`, defaults to `1`): optimizer steps between meta updates.
-        meta_warmup_steps (`int`, defaults to `20`): optimizer steps of plain supervised training on train
+        meta_warmup_steps (`int`, defaults to `40`): optimizer steps of plain supervised training on train
             rows and meta programs (train ∪ meta, as the authors) before the first meta update.
         meta_batch_size (`int`, defaults to `16`): whole programs per process in one meta loss.
         meta_split (`str`, defaults to `"task"`): how the meta set must relate to the train rows, checked when both
@@ -128,7 +128,7 @@ class FunctionStepPRMConfig(TrainingArguments):
     )
     meta_interval: int = field(default=1, metadata={"help": "Optimizer steps between meta updates."})
     meta_warmup_steps: int = field(
-        default=20, metadata={"help": "Optimizer steps of supervised training on train + meta before meta updates."}
+        default=40, metadata={"help": "Optimizer steps of supervised training on train + meta before meta updates."}
     )
     meta_batch_size: int = field(default=16, metadata={"help": "Whole programs per process in one meta loss."})
     meta_split: str = field(

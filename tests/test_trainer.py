@@ -52,7 +52,7 @@ def test_config_cli_yaml_and_validation(tmp_path):
     assert (cfg.meta_method, cfg.lora_target_modules) == ("sample_reweighting", ["q_proj", "v_proj"])
     assert (cfg.learning_rate, cfg.meta_learning_rate, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) == (
         1e-4, None, 8, 16, 0.05)
-    assert (cfg.label_loss, cfg.label_smoothing, cfg.meta_warmup_steps, cfg.meta_split) == ("bce", 0.1, 20, "task")
+    assert (cfg.label_loss, cfg.label_smoothing, cfg.meta_warmup_steps, cfg.meta_split) == ("bce", 0.1, 40, "task")
     from trl import TrlParser
 
     yaml = tmp_path / "c.yaml"
