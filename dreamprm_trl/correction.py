@@ -185,8 +185,9 @@ class LabelTable(MetaTable):
 class WeightTable(MetaTable):
     """Learnable sample weights, one per step label (= per training prefix), as the authors' released code.
 
-    Initialised at 1, clamped to [0, 2] after every step, dense Adam with weight decay (pulling towards 1, the
-    initial weight, rather than 0). Fixed (clean) labels keep weight 1.
+    Initialised at 1, clamped to [0, 2] after every step, Adam lr 1e-2 and weight decay 0.002 -- here lazy Adam on
+    the standardised hypergradient with the decay pulling towards 1, like the label table. Fixed (clean) labels
+    keep weight 1.
     """
 
     kind = "sample_reweighting"
@@ -203,7 +204,8 @@ class WeightTable(MetaTable):
         return self.w
 
     def make_optimizer(self, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-        return torch.optim.Adam([self.w], lr=lr)
+        """Lazy Adam as for labels (dense Adam moved unseen weights and its decay swamped the raw hypergradient)."""
+        return torch.optim.SparseAdam([self.w], lr=lr)
 
     def all_weights(self, w: Tensor | None = None) -> Tensor:
         """Every entry's weight (flat, aligned with the step labels); fixed entries are 1."""

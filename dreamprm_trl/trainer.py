@@ -364,14 +364,11 @@ class FunctionStepPRMTrainer(Trainer):
         """One outer update of the meta table from this optimizer step's micro-batches ``window``."""
         phi = self.meta_table.phi
         hypergrad, meta_loss = self.compute_hypergradient(model, window, num_items)
-        grad = hypergrad.to(phi.dtype)
-        seen = (grad != 0) & self.meta_table.learnable
-        is_sparse = isinstance(self.meta_optimizer, torch.optim.SparseAdam)
-        if is_sparse:  # decay is added in the standardised units, else it swamps a raw hypergradient of ~1e-6
-            grad = standardise_hypergradient(grad, seen)
-        if self.args.meta_weight_decay:
+        seen = (hypergrad != 0) & self.meta_table.learnable
+        grad = standardise_hypergradient(hypergrad.to(phi.dtype), seen)
+        if self.args.meta_weight_decay:  # in the standardised units: on the raw ~1e-6 scale it swamped the signal
             grad = grad + self.meta_table.decay_grad(self.args.meta_weight_decay) * seen
-        phi.grad = self.meta_table.sparse_grad(grad) if is_sparse else grad * self.meta_table.learnable
+        phi.grad = self.meta_table.sparse_grad(grad)  # lazy Adam: rows not in this window keep still
         self.meta_optimizer.step()
         self.meta_optimizer.zero_grad(set_to_none=True)
         self.meta_table.project_()

@@ -261,7 +261,7 @@ def _synthetic_run(tmp_path, **kw):
     train, meta, truth = noisy_task(n_train=64, n_meta=16, flip=0.3, train_lengths=(1,))
     args = FunctionStepPRMConfig(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none",
                                  save_strategy="no", disable_tqdm=True, learning_rate=1e-2,
-                                 per_device_train_batch_size=64, max_steps=60, logging_steps=10, **kw)
+                                 per_device_train_batch_size=64, logging_steps=10, **{"max_steps": 60, **kw})
     trainer = FunctionStepPRMTrainer(tiny_prm(hidden_size=64), args, train, meta)
     trainer.train()
     return trainer, train, truth
@@ -282,7 +282,7 @@ def test_label_correction_repairs_flipped_labels(tmp_path):
 
 
 def test_sample_reweighting_downweights_noisy_prefixes(tmp_path):
-    trainer, train, truth = _synthetic_run(tmp_path, meta_method="sample_reweighting")
+    trainer, train, truth = _synthetic_run(tmp_path, meta_method="sample_reweighting", max_steps=100)
     w = np.concatenate(trainer.sample_weights())
     flipped = np.concatenate([np.asarray(r) != np.asarray(t) for r, t in zip(train["mc_labels"], truth)])
     assert w.min() >= 0.0 and w.max() <= 2.0
