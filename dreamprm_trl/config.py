@@ -35,7 +35,7 @@ class FunctionStepPRMConfig(TrainingArguments):
         label_loss (`str`, defaults to `"bce"`): per-step loss against soft labels, ``bce`` (with logits) or ``mse``
             (on the sigmoid, the authors' code). ``bce`` is the default because label correction needs it: on the
             suite's flipped-label task the corrected labels cross back with ``bce`` (20 -> 0 wrong) and not with
-            ``mse`` (20 -> 20), see the README.
+            ``mse`` (20 -> 23), see the README.
         label_smoothing (`float`, defaults to `0.1`): targets become ``y (1 - s) + s / 2`` (the authors' 0.1); the
             one target transform of every meta method, so comparisons between them are not confounded.
         score_aggregation (`str`, defaults to `"min"`): how step scores make a program score, in the meta loss and
@@ -49,14 +49,14 @@ class FunctionStepPRMConfig(TrainingArguments):
         > Meta learning (bi-level label correction)
 
         meta_method (`str`, defaults to `"label_correction"`): ``label_correction`` (learnable step labels, the
-            paper), ``sample_reweighting`` (a learnable weight per train row, the authors' released code) or
+            paper), ``sample_reweighting`` (a learnable weight per train prefix, the authors' released code) or
             ``none`` (plain PRM training).
         hypergradient (`str`, defaults to `"darts"`): ``darts`` (finite-difference, first order, forward passes
             only for the label term) or ``exact`` (second order through ``torch.func``; needs eager attention).
         darts_alpha (`float`, defaults to `0.01`): DARTS step ``eps = darts_alpha / ||v||``.
         meta_learning_rate (`float`, *optional*): learning rate of the meta table; ``None`` picks the method's
-            default: 0.2 for label correction (lazy Adam on labels in [0, 1], measured in
-            ``benchmarks/bench_correction.py``), 1e-2 for sample reweighting (the authors' code).
+            default: 0.2 for label correction (lazy Adam on labels in [0, 1]; see the README), 1e-2 for sample
+            reweighting (the authors' code).
         meta_weight_decay (`float`, defaults to `0.002`): pulls the table towards its initial state (noisy labels,
             weights 1); the authors' 0.002.
         meta_interval (`int`, defaults to `1`): optimizer steps between meta updates.
