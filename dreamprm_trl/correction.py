@@ -107,8 +107,10 @@ class MetaTable(nn.Module):
             self.phi.clamp_(*self.bounds)
             self.phi.copy_(torch.where(self.learnable, self.phi, self.phi_init))
 
-    def make_optimizer(self, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-        raise NotImplementedError
+    def make_optimizer(self, lr: float) -> torch.optim.Optimizer:
+        """Lazy Adam (`torch.optim.SparseAdam`): moments and steps only for the entries a window touched. Dense
+        Adam kept moving entries not seen for many steps through its momentum."""
+        return torch.optim.SparseAdam([self.phi], lr=lr)
 
     def sparse_grad(self, grad: Tensor) -> Tensor:
         """The dense hypergradient restricted to the learnable entries it touches (a sparse COO tensor)."""
@@ -162,10 +164,6 @@ class LabelTable(MetaTable):
         value = torch.where(self.learnable[flat], y[flat], self.phi_init[flat].to(y.dtype))
         return torch.where(keep, value.to(step_labels.dtype), torch.full_like(step_labels, -100.0))
 
-    def make_optimizer(self, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-        """Lazy Adam: moments and steps only for the labels that received a hypergradient."""
-        return torch.optim.SparseAdam([self.y], lr=lr)
-
     def corrected(self) -> list[list[float | None]]:
         """Current ``y_hat`` per row, aligned with the rows' step labels (``None`` where the label was missing)."""
         return self._rows(self.y.detach().float().cpu().tolist())
@@ -202,10 +200,6 @@ class WeightTable(MetaTable):
     @property
     def phi(self) -> nn.Parameter:
         return self.w
-
-    def make_optimizer(self, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-        """Lazy Adam as for labels (dense Adam moved unseen weights and its decay swamped the raw hypergradient)."""
-        return torch.optim.SparseAdam([self.w], lr=lr)
 
     def all_weights(self, w: Tensor | None = None) -> Tensor:
         """Every entry's weight (flat, aligned with the step labels); fixed entries are 1."""

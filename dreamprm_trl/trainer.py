@@ -332,7 +332,7 @@ class FunctionStepPRMTrainer(Trainer):
         self._check_meta_step_supported()
         table.to(args.device)
         lr = args.meta_learning_rate or META_LEARNING_RATES[args.meta_method]
-        return table, table.make_optimizer(lr, args.meta_weight_decay)
+        return table, table.make_optimizer(lr)
 
     def _check_meta_split(self, train_dataset: Any) -> None:
         """Never the same program in train and meta; with ``meta_split='task'`` never the same problem."""

@@ -90,7 +90,7 @@ def test_label_table_layout_fixed_entries_and_stats():
 def test_label_table_lazy_update_moves_only_seen_labels():
     """SparseAdam on the touched entries: a seen label moves by about lr; unseen and fixed ones never move."""
     table = LabelTable([[0.9, 1.0], [0.2, 0.0]], fixed=[[False, True], [False, True]])
-    opt = table.make_optimizer(lr=0.1, weight_decay=0.0)
+    opt = table.make_optimizer(lr=0.1)
     for _ in range(3):
         table.y.grad = table.sparse_grad(torch.tensor([2e-5, -1.0, 0.0, 0.0], dtype=torch.float32))  # row 0 seen; its verdict too
         opt.step()
