@@ -83,6 +83,18 @@ def test_constructor_errors(tmp_path):
         FunctionStepPRMTrainer(tiny_prm(attn="sdpa"), _config(tmp_path, hypergradient="exact"), train, meta)
 
 
+def test_meta_split_refuses_shared_problems_and_programs(tmp_path):
+    train, meta, _ = noisy_task(n_train=4, n_meta=4)
+    meta = meta.add_column("task_id", ["t0", "m1", "m2", "m3"])  # t0 is also a train problem
+    with pytest.raises(ValueError, match="meta_split='task' needs disjoint problems"):
+        FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path), train, meta)
+    FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path, meta_split="program"), train, meta)  # other programs
+    same = datasets.Dataset.from_list([{"task_id": "t0", "prompt": "# task\n", "steps": train[0]["steps"],
+                                        "passed": True}])
+    with pytest.raises(ValueError, match="both train rows and meta programs"):
+        FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path, meta_split="program"), train, same)
+
+
 def test_meta_schedule_warmup_and_interval(tmp_path):
     """meta_warmup_steps=2, meta_interval=2 over 7 optimizer steps (GA=2): meta updates before steps 3, 5, 7."""
     train, meta, _ = noisy_task(n_train=4, n_meta=4)
@@ -99,6 +111,8 @@ def test_meta_schedule_warmup_and_interval(tmp_path):
     trainer.meta_step = spy
     trainer.train()
     assert [s for s, _, _ in seen] == [2, 4, 6]
+    warm = [h for h in trainer.state.log_history if "meta/warmup_loss" in h]
+    assert [h["step"] for h in warm] == [1, 2]  # steps 1-2 also trained on the meta programs (train + meta)
     assert all(n == 2 for _, n, _ in seen)  # both micro-batches of the accumulation window
     assert all(k >= 2 for _, _, k in seen)  # valid steps of the whole window
 
