@@ -1,6 +1,5 @@
 """Label maths, meta tables and hypergradients, checked against autograd and central finite differences (float64)."""
 
-import math
 
 import pytest
 import torch
@@ -92,7 +91,8 @@ def test_label_table_lazy_update_moves_only_seen_labels():
     table = LabelTable([[0.9, 1.0], [0.2, 0.0]], fixed=[[False, True], [False, True]])
     opt = table.make_optimizer(lr=0.1)
     for _ in range(3):
-        table.y.grad = table.sparse_grad(torch.tensor([2e-5, -1.0, 0.0, 0.0], dtype=torch.float32))  # row 0 seen; its verdict too
+        grad = torch.tensor([2e-5, -1.0, 0.0, 0.0], dtype=torch.float32)  # row 0 seen; its verdict too
+        table.y.grad = table.sparse_grad(grad)
         opt.step()
         table.project_()
     y = table.y.detach().tolist()
