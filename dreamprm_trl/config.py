@@ -13,6 +13,9 @@ from .modeling import LOSS_TYPES as LABEL_LOSSES
 
 META_METHODS = ("label_correction", "sample_reweighting", "none")
 HYPERGRADIENTS = ("darts", "exact")
+META_SPLITS = ("task", "program")
+#: Default meta learning rate per method (``meta_learning_rate=None``); see the field's help for the sources.
+META_LEARNING_RATES = {"label_correction": 0.2, "sample_reweighting": 1e-2}
 
 
 @dataclass
@@ -38,8 +41,11 @@ class FunctionStepPRMConfig(TrainingArguments):
         label_key (`str`, *optional*): column of the train rows holding the soft step labels; ``None`` picks
             ``"labels"`` then ``"mc_labels"``.
         label_loss (`str`, defaults to `"bce"`): per-step loss against soft labels, ``bce`` (with logits) or ``mse``
-            (on the sigmoid, as in the paper's code).
-        label_smoothing (`float`, defaults to `0.0`): targets become ``y (1 - s) + s / 2``.
+            (on the sigmoid, the authors' code). ``bce`` is the default because label correction needs it: on the
+            suite's flipped-label task the corrected labels cross back with ``bce`` (20 -> 0 wrong) and not with
+            ``mse`` (20 -> 23), see the README.
+        label_smoothing (`float`, defaults to `0.1`): targets become ``y (1 - s) + s / 2`` (the authors' 0.1); the
+            one target transform of every meta method, so comparisons between them are not confounded.
         score_aggregation (`str`, defaults to `"min"`): how step scores make a program score, in the meta loss and
             in evaluation (``min | mean | last | prod | logodds``).
 
@@ -51,19 +57,25 @@ class FunctionStepPRMConfig(TrainingArguments):
         > Meta learning (bi-level label correction)
 
         meta_method (`str`, defaults to `"label_correction"`): ``label_correction`` (learnable step labels, the
-            paper), ``sample_reweighting`` (a learnable weight per train row, the authors' released code) or
+            paper), ``sample_reweighting`` (a learnable weight per train prefix, the authors' released code) or
             ``none`` (plain PRM training).
         hypergradient (`str`, defaults to `"darts"`): ``darts`` (finite-difference, first order, forward passes
             only for the label term) or ``exact`` (second order through ``torch.func``; needs eager attention).
         darts_alpha (`float`, defaults to `0.01`): DARTS step ``eps = darts_alpha / ||v||``.
-        meta_learning_rate (`float`, defaults to `1e-2`): Adam learning rate of the meta table.
-        meta_weight_decay (`float`, defaults to `0.0`): pulls the table towards its initial (noisy) state.
+        meta_learning_rate (`float`, *optional*): learning rate of the meta table; ``None`` picks the method's
+            default: 0.2 for label correction (lazy Adam on labels in [0, 1]; see the README), 1e-2 for sample
+            reweighting (the authors' code).
+        meta_weight_decay (`float`, defaults to `0.002`): pulls the table towards its initial state (noisy labels,
+            weights 1); the authors' 0.002.
         meta_interval (`int`, defaults to `1`): optimizer steps between meta updates.
-        meta_warmup_steps (`int`, defaults to `0`): optimizer steps of plain training before the first meta update.
-        meta_batch_size (`int`, defaults to `8`): whole programs per process in one meta loss.
+        meta_warmup_steps (`int`, defaults to `40`): optimizer steps of plain supervised training on train
+            rows and meta programs (train ∪ meta, as the authors) before the first meta update.
+        meta_batch_size (`int`, defaults to `16`): whole programs per process in one meta loss.
+        meta_split (`str`, defaults to `"task"`): how the meta set must relate to the train rows, checked when both
+            have ``task_id``: ``task`` (disjoint problems, the default) or ``program`` (problems may be shared, never
+            the same program). `correction.split_by_task` builds a ``task`` split.
         meta_inner_learning_rate (`float`, *optional*): ``eta`` of the unrolled SGD step; ``None`` uses the
             current learning rate of the PRM optimizer.
-        label_clip (`float`, defaults to `0.02`): corrected labels start at ``logit(clip(y, c, 1 - c))``.
 
     > [!NOTE]
     > Defaults differing from [`~transformers.TrainingArguments`]: `learning_rate` 1e-4 (the paper),
@@ -98,7 +110,9 @@ class FunctionStepPRMConfig(TrainingArguments):
     label_loss: str = field(
         default="bce", metadata={"help": "Per-step loss on soft labels.", "choices": list(LABEL_LOSSES)}
     )
-    label_smoothing: float = field(default=0.0, metadata={"help": "Smooth targets towards 0.5: y(1-s) + s/2."})
+    label_smoothing: float = field(
+        default=0.1, metadata={"help": "Smooth targets towards 0.5: y(1-s) + s/2 (every meta method)."}
+    )
     score_aggregation: str = field(
         default="min",
         metadata={"help": "Step scores -> program score (meta loss, evaluation).", "choices": list(AGGREGATIONS)},
@@ -122,17 +136,26 @@ class FunctionStepPRMConfig(TrainingArguments):
         metadata={"help": "darts (finite difference) or exact (second order).", "choices": list(HYPERGRADIENTS)},
     )
     darts_alpha: float = field(default=0.01, metadata={"help": "DARTS perturbation: eps = darts_alpha / ||v||."})
-    meta_learning_rate: float = field(default=1e-2, metadata={"help": "Adam learning rate of the meta table."})
+    meta_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Meta table learning rate; None: 0.2 (label_correction), 1e-2 (sample_reweighting)."},
+    )
     meta_weight_decay: float = field(
-        default=0.0, metadata={"help": "Decay of the meta table towards its initial (noisy) state."}
+        default=0.002, metadata={"help": "Decay of the meta table towards its initial state (noisy labels, weight 1)."}
     )
     meta_interval: int = field(default=1, metadata={"help": "Optimizer steps between meta updates."})
-    meta_warmup_steps: int = field(default=0, metadata={"help": "Optimizer steps before the first meta update."})
-    meta_batch_size: int = field(default=8, metadata={"help": "Whole programs per process in one meta loss."})
+    meta_warmup_steps: int = field(
+        default=40, metadata={"help": "Optimizer steps of supervised training on train + meta before meta updates."}
+    )
+    meta_batch_size: int = field(default=16, metadata={"help": "Whole programs per process in one meta loss."})
+    meta_split: str = field(
+        default="task",
+        metadata={"help": "Meta vs train rows: disjoint problems (task) or only disjoint programs (program).",
+                  "choices": list(META_SPLITS)},
+    )
     meta_inner_learning_rate: float | None = field(
         default=None, metadata={"help": "Unrolled SGD step size; None uses the PRM optimizer's current lr."}
     )
-    label_clip: float = field(default=0.02, metadata={"help": "Initial corrected labels: logit(clip(y, c, 1-c))."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -145,14 +168,15 @@ class FunctionStepPRMConfig(TrainingArguments):
             ("step_token", bool(self.step_token), "a non-empty special token such as '<|step|>'"),
             ("label_smoothing", 0.0 <= self.label_smoothing < 1.0, "in [0, 1), e.g. 0.0"),
             ("darts_alpha", self.darts_alpha > 0, "positive, e.g. 0.01"),
-            ("meta_learning_rate", self.meta_learning_rate > 0, "positive, e.g. 1e-2"),
+            ("meta_learning_rate", self.meta_learning_rate is None or self.meta_learning_rate > 0,
+             "positive or None (the method's default)"),
+            ("meta_split", self.meta_split in META_SPLITS, f"one of {META_SPLITS}"),
             ("meta_weight_decay", self.meta_weight_decay >= 0, "non-negative"),
             ("meta_interval", self.meta_interval >= 1, "an integer >= 1"),
             ("meta_warmup_steps", self.meta_warmup_steps >= 0, "an integer >= 0"),
             ("meta_batch_size", self.meta_batch_size >= 1, "an integer >= 1"),
             ("meta_inner_learning_rate", self.meta_inner_learning_rate is None or self.meta_inner_learning_rate > 0,
              "positive or None (use the PRM learning rate)"),
-            ("label_clip", 0.0 < self.label_clip < 0.5, "in (0, 0.5), e.g. 0.02"),
             ("lora_r", self.lora_r >= 1, "an integer >= 1 (pass a model without LoRA to train it fully)"),
             ("lora_dropout", 0.0 <= self.lora_dropout < 1.0, "in [0, 1)"),
             ("model_init_kwargs", self.model_init_kwargs is None or isinstance(self.model_init_kwargs, dict),

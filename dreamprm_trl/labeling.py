@@ -498,10 +498,12 @@ def label_steps(
 ) -> Dataset | tuple[Dataset, LabelingStats]:
     """Monte-Carlo step labels: ``mc_labels[k]`` = share of ``rollouts`` completions of ``steps[:k+1]`` that pass.
 
-    The last step's label is the program's own verdict (``rollout_counts[-1] == 1``). A prefix whose rollouts
+    The last step's label is the program's own verdict (``rollout_counts[-1] == 1``): a clean label, flagged in
+    ``label_fixed`` (``[False, ..., False, True]``) so the trainer keeps it a fixed target and never a
+    meta-parameter; only the non-final prefixes' Monte-Carlo labels are learnable. A prefix whose rollouts
     all came back empty or skipped (e.g. a pool without donors) gets ``None`` and is counted in the stats.
     Rows: ``task_id, prompt, code, steps, mc_labels, rollout_counts, pass_counts, rollout_outcomes, per_test,
-    final_label, source, generator`` (the generator's config as JSON). ``rollout_outcomes[k]`` lists each
+    final_label, source, generator, label_fixed`` (the generator's config as JSON). ``rollout_outcomes[k]`` lists each
     rollout's verdict in order, so the labels for any M' < M are read off its first M' entries; ``per_test``
     is the program's per-test verdicts (see :func:`step_ground_truth`).
 
@@ -521,6 +523,8 @@ def label_steps(
     prefixes, each rolled out ``rollouts`` times) is a bad row with that reason (None: no cap). Prefix texts
     are built one chunk at a time, so memory stays linear in the program's size.
     """
+    from .correction import FIXED_LABEL_COLUMN  # the trainer's reader of the flag; lazy: keeps torch out of imports
+
     if rollouts < 1:
         raise ValueError(f"rollouts must be >= 1, got {rollouts}.")
     executor, stats, index, mine, cache = _setup(problems, trajectories, executor, shard, cache_dir)
@@ -560,11 +564,12 @@ def label_steps(
             "steps": [s.text for s in item.steps], "mc_labels": labels, "rollout_counts": [len(o) for o in outcomes],
             "pass_counts": [sum(o) for o in outcomes], "rollout_outcomes": outcomes, "per_test": final["per_test"],
             "final_label": bool(final["passed"]), "source": source or item.problem.source, "generator": gen_json,
+            FIXED_LABEL_COLUMN: [False] * (len(labels) - 1) + [True],
         })
     stats.labelled = len(rows)
     _report(stats)
     columns = ["task_id", "prompt", "code", "steps", "mc_labels", "rollout_counts", "pass_counts",
-               "rollout_outcomes", "per_test", "final_label", "source", "generator"]
+               "rollout_outcomes", "per_test", "final_label", "source", "generator", FIXED_LABEL_COLUMN]
     ds = _to_dataset(rows, columns)
     return (ds, stats) if return_stats else ds
 

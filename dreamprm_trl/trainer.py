@@ -26,8 +26,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 
 from .backbones import load_tokenizer
 from .collator import IGNORE_INDEX, ChainOfFunctionCollator
-from .config import FunctionStepPRMConfig
+from .config import META_LEARNING_RATES, FunctionStepPRMConfig
 from .correction import (
+    FIXED_LABEL_COLUMN,
     LabelTable,
     MetaTable,
     WeightTable,
@@ -35,6 +36,7 @@ from .correction import (
     darts_hypergradient,
     exact_hypergradient,
     label_loss_grad,
+    standardise_hypergradient,
 )
 from .model_card import build_model_card
 from .formats import FORMATS, materialize, prepare_dataset
@@ -146,12 +148,7 @@ class FunctionStepPRMTrainer(Trainer):
         self.model_accepts_loss_kwargs = False  # the loss is computed here, not by the model
         self.meta_dataset = meta_dataset
         self.meta_collator = ChainOfFunctionCollator(processing_class, args.max_length, args.step_token)
-        self.meta_table: MetaTable | None = build_table(args.meta_method, self.noisy_labels, args.label_clip)
-        self.meta_optimizer: torch.optim.Optimizer | None = None
-        if self.meta_table is not None:
-            self._check_meta_step_supported()
-            self.meta_table.to(self.args.device)
-            self.meta_optimizer = torch.optim.Adam(self.meta_table.parameters(), lr=args.meta_learning_rate)
+        self.meta_table, self.meta_optimizer = self._build_meta_table(train_dataset)
         self._window: list[dict[str, Tensor]] = []
         self._meta_logs: dict[str, list[float]] = defaultdict(list)
         self.add_callback(_MetaStateCallback(self))  # the meta table goes into every checkpoint
@@ -302,7 +299,7 @@ class FunctionStepPRMTrainer(Trainer):
         with torch.no_grad():
             if isinstance(self.meta_table, LabelTable):
                 return self.meta_table.labels(row_ids, labels).to(labels.dtype), None
-            return labels, self.meta_table.weights(row_ids)
+            return labels, self.meta_table.weights(row_ids, labels.shape[1])
 
     def compute_loss(
         self,
@@ -325,7 +322,7 @@ class FunctionStepPRMTrainer(Trainer):
             self.args.label_smoothing, reduction="none",
         )
         if weights is not None:
-            per_step = per_step * weights[:, None].float()
+            per_step = per_step * weights.to(per_step.dtype)
         if num_items_in_batch is not None and model.training:
             denom = torch.as_tensor(num_items_in_batch, device=per_step.device).clamp(min=1)
             loss = per_step.sum() / denom * self.accelerator.num_processes
@@ -345,9 +342,20 @@ class FunctionStepPRMTrainer(Trainer):
         if self.meta_table is not None and self.accelerator.sync_gradients:
             window, self._window = self._window, []
             step, args = self.state.global_step, self.args  # optimizer steps completed before this one
-            if step >= args.meta_warmup_steps and (step - args.meta_warmup_steps) % args.meta_interval == 0:
+            if step < args.meta_warmup_steps:
+                self._warmup_meta_backward(model)
+            elif (step - args.meta_warmup_steps) % args.meta_interval == 0:
                 self.meta_step(model, [self._prepare_inputs(b) for b in window], num_items_in_batch)
         return loss
+
+    def _warmup_meta_backward(self, model: nn.Module) -> None:
+        """Warm-up on train ∪ meta (the authors): add the supervised meta-batch loss to this step's gradient."""
+        batch = self._meta_batch()
+        with self.compute_loss_context_manager():
+            logits = model(**{k: batch[k] for k in _MODEL_INPUTS}).step_logits
+            loss = self._meta_loss(logits, batch)
+        self.accelerator.backward(loss)
+        self._meta_logs["meta/warmup_loss"].append(loss.item())
 
     def _meta_batch(self) -> dict[str, Tensor]:
         """A meta batch that depends only on (seed, step, rank): resuming from a checkpoint replays it exactly."""
@@ -373,34 +381,75 @@ class FunctionStepPRMTrainer(Trainer):
         """The inner loss of one micro-batch as a function of the table variable ``phi`` (for ``exact``)."""
         labels, row_ids = batch["step_labels"], batch["row_ids"]
         if isinstance(self.meta_table, LabelTable):
-            targets = self.meta_table.labels(row_ids, labels, z=phi)
+            targets = self.meta_table.labels(row_ids, labels, y=phi)
             weights = None
         else:
-            targets, weights = labels, self.meta_table.weights(row_ids, u=phi)
+            targets, weights = labels, self.meta_table.weights(row_ids, labels.shape[1], w=phi)
         mask = targets != IGNORE_INDEX
         per = step_loss(step_logits, targets.to(step_logits.dtype), mask, self.args.label_loss,
                         self.args.label_smoothing, reduction="none")
         if weights is not None:
-            per = per * weights[:, None].to(per.dtype)
+            per = per * weights.to(per.dtype)
         return per.sum() / num_items
 
     def _table_grad(self, step_logits: Tensor, batch: dict[str, Tensor], num_items: Tensor) -> Tensor:
-        """``d l / d phi`` of one micro-batch from its step logits alone (closed form, no model backward)."""
+        """``d l / d phi`` of one micro-batch from its step logits alone (closed form, no model backward).
+
+        Labels: ``d loss / d y``; weights: the per-step loss. Zero on fixed (clean) entries and unseen rows.
+        """
         table, labels, row_ids = self.meta_table, batch["step_labels"], batch["row_ids"]
         logits = step_logits.detach().float()
+        flat, valid = table.index(row_ids, labels.shape[1])
+        mask = valid & (labels != IGNORE_INDEX) & table.learnable[flat]
         if isinstance(table, LabelTable):
-            flat, valid = table.index(row_ids, labels.shape[1])
-            mask = valid & (labels != IGNORE_INDEX)
-            y = torch.sigmoid(table.z.detach()[flat])
-            dz = label_loss_grad(logits, y, self.args.label_loss, self.args.label_smoothing) * y * (1 - y)
-            grad = torch.zeros_like(table.z)
-            return grad.index_put_((flat[mask],), (dz[mask] / num_items).to(grad.dtype), accumulate=True)
-        per_row = step_loss(logits, labels.float(), None, self.args.label_loss, self.args.label_smoothing,
-                            reduction="none").sum(-1) / num_items
-        u = table.u.detach().requires_grad_()
-        with torch.enable_grad():
-            (grad,) = torch.autograd.grad(table.weights(row_ids, u=u), u, grad_outputs=per_row.to(u.dtype))
-        return grad
+            per = label_loss_grad(logits, table.y.detach()[flat], self.args.label_loss, self.args.label_smoothing)
+        else:
+            per = step_loss(logits, labels.float(), None, self.args.label_loss, self.args.label_smoothing,
+                            reduction="none")
+        grad = torch.zeros_like(table.phi)
+        return grad.index_put_((flat[mask],), (per[mask] / num_items).to(grad.dtype), accumulate=True)
+
+    def _build_meta_table(self, train_dataset: Any) -> tuple[MetaTable | None, torch.optim.Optimizer | None]:
+        """The meta table over the train labels (clean ``label_fixed`` entries frozen) and its optimizer."""
+        args = self.args
+        if args.meta_method == "none":
+            return None, None
+        self._check_meta_split(train_dataset)
+        cols = train_dataset.column_names
+        fixed = train_dataset[FIXED_LABEL_COLUMN] if FIXED_LABEL_COLUMN in cols else None
+        table = build_table(args.meta_method, self.noisy_labels, fixed)
+        if table is None:
+            return None, None
+        self._check_meta_step_supported()
+        table.to(args.device)
+        lr = args.meta_learning_rate or META_LEARNING_RATES[args.meta_method]
+        return table, table.make_optimizer(lr)
+
+    def _check_meta_split(self, train_dataset: Any) -> None:
+        """Never the same program in train and meta; with ``meta_split='task'`` never the same problem."""
+        meta = self.meta_dataset
+        if meta is None or self.args.meta_method == "none":
+            return
+        both = set(train_dataset.column_names) & set(meta.column_names)
+        if self.args.meta_split == "task" and "task_id" in both:
+            shared = set(train_dataset["task_id"]) & set(meta["task_id"])
+            if shared:
+                raise ValueError(
+                    f"meta_split='task' needs disjoint problems, but {len(shared)} task ids are in both train and "
+                    f"meta sets (e.g. {sorted(shared)[:3]}); split with correction.split_by_task or set "
+                    "meta_split='program'."
+                )
+        if "steps" in both:  # the same program of the same problem (or of any problem, without task ids)
+            def keys(ds):
+                tasks = ds["task_id"] if "task_id" in both else [""] * len(ds)
+                return {(t, "".join(s)) for t, s in zip(tasks, ds["steps"])}
+
+            shared = keys(train_dataset) & keys(meta)
+            if shared:
+                raise ValueError(
+                    f"{len(shared)} programs are both train rows and meta programs; a program's verdict must not "
+                    "be judged by itself. Remove them from one of the two sets."
+                )
 
     def meta_step(self, model: nn.Module, window: Sequence[dict[str, Tensor]], num_items: Tensor | None) -> None:
         """One outer update of the meta table from this optimizer step's micro-batches ``window``."""
@@ -411,11 +460,14 @@ class FunctionStepPRMTrainer(Trainer):
                            "overflow).", self.state.global_step)
             return
         hypergrad, meta_loss = result
-        phi.grad = hypergrad.to(phi.dtype)
-        if self.args.meta_weight_decay:
-            phi.grad += self.meta_table.decay_grad(self.args.meta_weight_decay)
+        seen = (hypergrad != 0) & self.meta_table.learnable
+        grad = standardise_hypergradient(hypergrad.to(phi.dtype), seen)
+        if self.args.meta_weight_decay:  # in the standardised units: on the raw ~1e-6 scale it swamped the signal
+            grad = grad + self.meta_table.decay_grad(self.args.meta_weight_decay) * seen
+        phi.grad = self.meta_table.sparse_grad(grad)  # lazy Adam: rows not in this window keep still
         self.meta_optimizer.step()
         self.meta_optimizer.zero_grad(set_to_none=True)
+        self.meta_table.project_()
         self._meta_logs["meta/loss"].append(meta_loss.item())
         self._meta_logs["meta/hypergrad_norm"].append(hypergrad.norm().item())
 
@@ -508,10 +560,11 @@ class FunctionStepPRMTrainer(Trainer):
             return self.meta_table.corrected()
         return [list(r) for r in self.noisy_labels]
 
-    def sample_weights(self) -> list[float] | None:
-        """Current per-row weights (``sample_reweighting``), normalised to mean 1; ``None`` otherwise."""
+    def sample_weights(self) -> list[list[float | None]] | None:
+        """Current weight of every train prefix (``sample_reweighting``: one per step label, in [0, 2], clean
+        verdicts fixed at 1), aligned with the rows' step labels; ``None`` for the other methods."""
         if isinstance(self.meta_table, WeightTable):
-            return self.meta_table.all_weights().detach().cpu().tolist()
+            return self.meta_table.row_weights()
         return None
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

@@ -1,6 +1,5 @@
 """Label maths, meta tables and hypergradients, checked against autograd and central finite differences (float64)."""
 
-import math
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from dreamprm_trl.correction import (
     build_table,
     darts_hypergradient,
     exact_hypergradient,
-    label_logits,
+    split_by_task,
     label_loss_grad,
     unrolled_meta_loss,
 )
@@ -60,43 +59,71 @@ def test_label_loss_grad_with_mask_and_sum_reduction():
             torch.testing.assert_close(auto, expected, msg=f"{loss_type} smoothing={s}")
 
 
-def test_label_logits_clip_and_roundtrip():
-    y = torch.tensor([0.0, 0.25, 0.5, 1.0])
-    z = label_logits(y, clip=0.02)
-    torch.testing.assert_close(torch.sigmoid(z), torch.tensor([0.02, 0.25, 0.5, 0.98]))
-    with pytest.raises(ValueError, match="clip"):
-        label_logits(y, clip=0.6)
-
-
-def test_label_table_layout_and_stats():
-    table = LabelTable([[0.0, 1.0], [0.5, None, 0.25], [1.0]]).double()
+def test_label_table_layout_fixed_entries_and_stats():
+    """Labels are the parameters (no clip); a fixed (clean) entry keeps its label whatever the parameter holds."""
+    table = LabelTable([[0.0, 1.0], [0.5, None, 0.25], [1.0]], fixed=[[False, True], [False, False, True], [True]])
+    table = table.double()
     row_ids = torch.tensor([2, 0, 1])
     step_labels = torch.tensor([[1.0, -100, -100], [0.0, 1.0, -100], [0.5, -100, 0.25]])
-    out = table.labels(row_ids, step_labels)
-    expected = torch.tensor([[0.98, -100, -100], [0.02, 0.98, -100], [0.5, -100, 0.25]])
-    torch.testing.assert_close(out, expected)
-    corrected = table.corrected()
-    assert corrected[1][1] is None and corrected[0][0] == pytest.approx(0.02)
+    torch.testing.assert_close(table.labels(row_ids, step_labels), step_labels)  # starts at the noisy labels
+    assert table.learnable.tolist() == [True, False, True, False, False, False]
     with torch.no_grad():
-        table.z[0] = 3.0  # label 0 -> 0.95: crosses 0.5
-    stats = table.state_summary()
+        table.y.copy_(torch.tensor([0.9, 0.0, 0.4, 0.7, 0.6, 0.2]))  # moves every entry, fixed ones included
+    expected = torch.tensor([[1.0, -100, -100], [0.9, 1.0, -100], [0.4, -100, 0.25]])
+    torch.testing.assert_close(table.labels(row_ids, step_labels), expected)
+    with torch.no_grad():
+        table.y[0] = 1.7  # out of the box
+    table.project_()  # back to [0, 1], fixed entries restored
+    assert table.y.tolist() == pytest.approx([1.0, 1.0, 0.4, 0.5, 0.25, 1.0])
+    stats = table.state_summary()  # over the 2 learnable labels: 0 -> 1 crosses, 0.5 -> 0.4 does not
     assert stats["meta/labels_crossed"] == 1.0
-    assert stats["meta/label_shift"] == pytest.approx((0.952574 + 0.02 + 0.02) / 5, abs=1e-4)
+    assert stats["meta/label_shift"] == pytest.approx((1.0 + 0.1) / 2)
+    corrected = table.corrected()
+    assert corrected[1][1] is None and corrected[0] == pytest.approx([1.0, 1.0])
     with pytest.raises(ValueError, match="outside"):
         LabelTable([[1.5]])
+    with pytest.raises(ValueError, match="label_fixed"):
+        LabelTable([[0.5, 1.0]], fixed=[[True]])
 
 
-def test_weight_table_normalised_and_decay():
-    table = WeightTable([[0.1], [0.2, 0.3], [0.4]])
-    torch.testing.assert_close(table.all_weights(), torch.ones(3, dtype=torch.float32))
+def test_label_table_lazy_update_moves_only_seen_labels():
+    """SparseAdam on the touched entries: a seen label moves by about lr; unseen and fixed ones never move."""
+    table = LabelTable([[0.9, 1.0], [0.2, 0.0]], fixed=[[False, True], [False, True]])
+    opt = table.make_optimizer(lr=0.1)
+    for _ in range(3):
+        grad = torch.tensor([2e-5, -1.0, 0.0, 0.0], dtype=torch.float32)  # row 0 seen; its verdict too
+        table.y.grad = table.sparse_grad(grad)
+        opt.step()
+        table.project_()
+    y = table.y.detach().tolist()
+    assert y[0] == pytest.approx(0.9 - 0.3, abs=0.02)  # three steps of ~lr, independent of the gradient scale
+    assert y[1:] == pytest.approx([1.0, 0.2, 0.0])
+
+
+def test_weight_table_per_prefix_clamped_and_decay():
+    table = WeightTable([[0.1], [0.2, 0.3], [0.4]], fixed=[[False], [False, True], [True]])
+    torch.testing.assert_close(table.all_weights(), torch.ones(4, dtype=torch.float32))
     with torch.no_grad():
-        table.u[0] = 3.0
-    w = table.all_weights()
-    assert w.mean().item() == pytest.approx(1.0) and w[0] > w[1]
-    assert table.decay_grad(0.5)[0].item() == pytest.approx(0.5 * (3.0 - math.log(math.e - 1)), rel=1e-5)
+        table.w.copy_(torch.tensor([3.0, -1.0, 0.5, 0.5]))
+    table.project_()
+    assert table.all_weights().tolist() == [2.0, 0.0, 1.0, 1.0]  # clamp [0, 2]; fixed entries weigh 1
+    w = table.weights(torch.tensor([1, 0]), 2)
+    torch.testing.assert_close(w, torch.tensor([[0.0, 1.0], [2.0, 0.0]], dtype=torch.float32))
+    assert table.decay_grad(0.5).tolist() == pytest.approx([0.5, -0.5, 0.0, 0.0])
     assert build_table("none", [[0.1]]) is None
     with pytest.raises(ValueError, match="meta_method"):
         build_table("bogus", [[0.1]])
+
+
+def test_split_by_task_is_disjoint_and_seeded():
+    ids = ["a", "a", "b", "c", "c", "d", "e"]
+    train, meta = split_by_task(ids, meta_fraction=0.4, seed=3)
+    assert sorted(train + meta) == list(range(7))
+    assert not {ids[i] for i in train} & {ids[i] for i in meta}
+    assert len({ids[i] for i in meta}) == 2  # round(0.4 * 5 tasks)
+    assert (train, meta) == split_by_task(ids, meta_fraction=0.4, seed=3)
+    with pytest.raises(ValueError, match="distinct task"):
+        split_by_task(["a", "a"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -130,14 +157,14 @@ def _mlp_problem(kind: str, loss_type: str = "bce", smoothing: float = 0.0):
     def batch_loss(logits, phi):
         if kind == "label":
             flat, valid = table.index(row_ids, 4)
-            y = torch.where(mask, torch.sigmoid(phi[flat]), 0.0)
-            w = torch.ones(3)
+            y = torch.where(mask, phi[flat], 0.0)
+            w = torch.ones(3, 4)
         else:
             y = step_labels.clamp(0, 1)
-            sp = F.softplus(phi)
-            w = (sp / sp.mean())[row_ids]
+            flat, _ = table.index(row_ids, 4)
+            w = phi[flat]
         per = pointwise_step_loss(logits, y, loss_type, smoothing) * mask
-        return (w[:, None] * per).sum() / mask.sum()
+        return (w * per).sum() / mask.sum()
 
     def inner_loss(p, phi):
         return batch_loss(forward(p, x_train), phi)
@@ -152,14 +179,14 @@ def _mlp_problem(kind: str, loss_type: str = "bce", smoothing: float = 0.0):
             logits = forward(p, x_train)
         if kind == "label":
             flat, _ = table.index(row_ids, 4)
-            y = torch.sigmoid(phi[flat])
+            y = phi[flat]
             dy = label_loss_grad(logits, y, loss_type, smoothing) * mask / mask.sum()
-            return torch.zeros_like(phi).index_put_((flat[mask],), (dy * y * (1 - y))[mask], accumulate=True)
+            return torch.zeros_like(phi).index_put_((flat[mask],), dy[mask], accumulate=True)
         phi = phi.detach().requires_grad_()
         (grad,) = torch.autograd.grad(batch_loss(logits, phi), phi)
         return grad
 
-    return params, table.phi.detach().clone() + 0.1 * torch.randn(table.phi.shape, generator=g), inner_loss, \
+    return params, table.phi.detach().clone() + 0.05 * torch.randn(table.phi.shape, generator=g), inner_loss, \
         meta_loss, table_grad
 
 

@@ -70,6 +70,7 @@ def test_mc_labels_equal_hand_computed_pass_rates(executor):
         assert good["rollout_counts"] == [m, m, 1] and good["pass_counts"] == [m // 4, m // 2, 1]
         assert good["steps"] == [MAIN, A["g"], B["g"]] and good["final_label"] is True
         assert bad["final_label"] is False and good["per_test"] == [True, True]
+        assert good["label_fixed"] == [False, False, True]  # the verdict is clean, never a meta-parameter
         assert json.loads(good["generator"])["type"] == "pool" and good["source"] == ""
         assert stats.programs_executed == 2 + 4 * m and stats.bad_rows == []
     first4 = [outs[:4] for outs in good["rollout_outcomes"][:2]]  # M' < M: a prefix of the outcomes

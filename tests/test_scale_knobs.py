@@ -33,7 +33,8 @@ def one_thread():
 
 def _config(tmp_path, **kw):
     base = dict(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", save_strategy="no",
-                disable_tqdm=True, logging_steps=1, learning_rate=1e-2, meta_batch_size=4, meta_learning_rate=0.1)
+                disable_tqdm=True, logging_steps=1, learning_rate=1e-2, meta_batch_size=4, meta_learning_rate=0.1,
+                meta_warmup_steps=0)  # these tests look at the meta step itself
     base.update(kw)
     return FunctionStepPRMConfig(**base)
 

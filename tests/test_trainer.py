@@ -33,7 +33,8 @@ def one_thread():
 
 def _config(tmp_path, **kw):
     base = dict(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", save_strategy="no",
-                disable_tqdm=True, logging_steps=1, learning_rate=1e-2, meta_batch_size=4, meta_learning_rate=0.1)
+                disable_tqdm=True, logging_steps=1, learning_rate=1e-2, meta_batch_size=4, meta_learning_rate=0.1,
+                meta_warmup_steps=0)
     base.update(kw)
     return FunctionStepPRMConfig(**base)
 
@@ -50,7 +51,8 @@ def test_config_cli_yaml_and_validation(tmp_path):
     )
     assert (cfg.meta_method, cfg.lora_target_modules) == ("sample_reweighting", ["q_proj", "v_proj"])
     assert (cfg.learning_rate, cfg.meta_learning_rate, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) == (
-        1e-4, 1e-2, 8, 16, 0.05)
+        1e-4, None, 8, 16, 0.05)
+    assert (cfg.label_loss, cfg.label_smoothing, cfg.meta_warmup_steps, cfg.meta_split) == ("bce", 0.1, 40, "task")
     from trl import TrlParser
 
     yaml = tmp_path / "c.yaml"
@@ -84,6 +86,18 @@ def test_constructor_errors(tmp_path):
                                train_dataset=train, meta_dataset=meta)
 
 
+def test_meta_split_refuses_shared_problems_and_programs(tmp_path):
+    train, meta, _ = noisy_task(n_train=4, n_meta=4)
+    meta = meta.add_column("task_id", ["t0", "m1", "m2", "m3"])  # t0 is also a train problem
+    with pytest.raises(ValueError, match="meta_split='task' needs disjoint problems"):
+        FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path), train_dataset=train, meta_dataset=meta)
+    FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path, meta_split="program"), train_dataset=train, meta_dataset=meta)  # other programs
+    same = datasets.Dataset.from_list([{"task_id": "t0", "prompt": "# task\n", "steps": train[0]["steps"],
+                                        "passed": True}])
+    with pytest.raises(ValueError, match="both train rows and meta programs"):
+        FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path, meta_split="program"), train_dataset=train, meta_dataset=same)
+
+
 def test_meta_schedule_warmup_and_interval(tmp_path):
     """meta_warmup_steps=2, meta_interval=2 over 7 optimizer steps (GA=2): meta updates before steps 3, 5, 7."""
     train, meta, _ = noisy_task(n_train=4, n_meta=4)
@@ -100,6 +114,8 @@ def test_meta_schedule_warmup_and_interval(tmp_path):
     trainer.meta_step = spy
     trainer.train()
     assert [s for s, _, _ in seen] == [2, 4, 6]
+    warm = [h for h in trainer.state.log_history if "meta/warmup_loss" in h]
+    assert [h["step"] for h in warm] == [1, 2]  # steps 1-2 also trained on the meta programs (train + meta)
     assert all(n == 2 for _, n, _ in seen)  # both micro-batches of the accumulation window
     assert all(k >= 2 for _, _, k in seen)  # valid steps of the whole window
 
@@ -123,11 +139,12 @@ def test_gradient_accumulation_matches_full_batch(tmp_path, meta_method):
             with torch.no_grad():
                 logits = prm(**{k: batch[k] for k in ("input_ids", "attention_mask", "step_positions")}).step_logits
                 y = batch["step_labels"]
-                if trainer.meta_table is not None:  # corrected labels start at clip(y, 0.02, 0.98)
+                if trainer.meta_table is not None:  # corrected labels start at the noisy labels
                     y = trainer.meta_table.labels(batch["row_ids"], y)
-            expected = step_loss(logits, y, reduction="mean").item()
+            loss_kw = dict(loss_type=trainer.args.label_loss, label_smoothing=trainer.args.label_smoothing)
+            expected = step_loss(logits, y, reduction="mean", **loss_kw).item()
             naive = [  # averaging per-micro-batch means, for every way to split the 4 rows into 2 pairs
-                np.mean([step_loss(logits[list(p)], y[list(p)]).item() for p in split])
+                np.mean([step_loss(logits[list(p)], y[list(p)], **loss_kw).item() for p in split])
                 for split in (((0, 1), (2, 3)), ((0, 2), (1, 3)), ((0, 3), (1, 2)))
             ]
         trainer.train()
@@ -145,8 +162,27 @@ def test_gradient_accumulation_matches_full_batch(tmp_path, meta_method):
         torch.testing.assert_close(a.meta_table.phi, b.meta_table.phi, rtol=1e-4, atol=1e-6)
 
 
+class _UnionMetaBatch(FunctionStepPRMTrainer):
+    """One process drawing, at every step, the union of the meta batches ranks 0 and 1 of a 2-process run draw."""
+
+    def _meta_batch(self):
+        idx = []
+        for rank in (0, 1):
+            seed = self.args.seed + 7919 * self.state.global_step + 104729 * rank
+            gen = torch.Generator().manual_seed(seed)
+            idx += torch.randperm(len(self.meta_dataset), generator=gen)[: self.args.meta_batch_size].tolist()
+        return self._prepare_inputs(self.meta_collator([self.meta_dataset[i] for i in idx]))
+
+
+#: Measured float noise of 2-process gloo vs one process (summation order), max |difference|: params 7.7e-7
+#: (none; 1.3e-6 on another machine) and 6.7e-6 (label_correction, lr 1e-2 on labels that differ by 1.5e-8);
+#: the label table 1.5e-8. Tolerances: about 3x the largest measured value.
+DDP_PARAM_ATOL, DDP_TABLE_ATOL = 2e-5, 1e-7
+
+
 def test_two_process_ddp_matches_single_process(tmp_path):
-    """torchrun --nproc_per_node 2 (gloo): ranks end identical, and equal one process with the global batch."""
+    """torchrun --nproc_per_node 2 (gloo): ranks end identical, and equal one process with the global batch --
+    the warm-up on train + meta (step 0) and the meta updates (steps 1, 2) included."""
     out = tmp_path / "ddp"
     out.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -163,19 +199,21 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     lc0, lc1 = (torch.load(out / f"label_correction_rank{r}.pt") for r in (0, 1))
     assert torch.equal(lc0["table"], lc1["table"])
     train, meta, _ = noisy_task(n_train=8, n_meta=8, train_lengths=(1, 2, 3))
-    assert not torch.allclose(lc0["table"], LabelTable(train["mc_labels"]).z)  # the meta step ran
-    single = FunctionStepPRMTrainer(
-        tiny_prm(), _config(tmp_path, per_device_train_batch_size=4, max_steps=3, meta_method="none"),
-        train_dataset=train, meta_dataset=meta)
-    single.train()
-    ddp = torch.load(out / "none_rank0.pt")
-    torch.testing.assert_close(_losses(single), ddp["losses"], rtol=1e-5, atol=0)
-    params = trainable_state(single.model)
-    for k in params:
-        torch.testing.assert_close(params[k], ddp["params"][k], rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(lc0["table"], LabelTable(train["mc_labels"]).y)  # the meta step ran
+    for method in ("none", "label_correction"):
+        single = _UnionMetaBatch(tiny_prm(), _config(
+            tmp_path, per_device_train_batch_size=4, max_steps=3, meta_method=method, meta_warmup_steps=1),
+            train_dataset=train, meta_dataset=meta)
+        single.train()
+        ddp = torch.load(out / f"{method}_rank0.pt")
+        torch.testing.assert_close(_losses(single), ddp["losses"], rtol=1e-5, atol=0)
+        params = trainable_state(single.model)
+        for k in params:
+            torch.testing.assert_close(params[k], ddp["params"][k], rtol=1e-4, atol=DDP_PARAM_ATOL)
+        if method == "label_correction":
+            torch.testing.assert_close(single.meta_table.y.detach(), ddp["table"], rtol=0, atol=DDP_TABLE_ATOL)
 
 
-# ------------------------------------------------------------------------------------------------- meta step
 def test_trainer_darts_matches_exact_hypergradient(tmp_path):
     """The trainer's DARTS path (closed-form label gradient, scatter into the table) agrees with torch.func."""
     train, meta, _ = noisy_task(n_train=6, n_meta=6, train_lengths=(1, 2, 3))
@@ -214,8 +252,8 @@ def test_save_resume_restores_meta_state_and_continues_identically(tmp_path):
     resumed = FunctionStepPRMTrainer(tiny_prm(seed=1), _config(tmp_path, output_dir=str(tmp_path / "b"), **kw),
                                      train_dataset=train, meta_dataset=meta)
     resumed.load_meta_state(str(ckpt))
-    assert torch.equal(resumed.meta_table.z, saved["table"]["z"])
-    assert not torch.equal(resumed.meta_table.z, resumed.meta_table.phi_init)
+    assert torch.equal(resumed.meta_table.y, saved["table"]["y"])
+    assert not torch.equal(resumed.meta_table.y, resumed.meta_table.phi_init)
     opt = resumed.meta_optimizer.state_dict()["state"][0]
     assert torch.equal(opt["exp_avg"], saved["optimizer"]["state"][0]["exp_avg"])
     assert torch.equal(opt["exp_avg_sq"], saved["optimizer"]["state"][0]["exp_avg_sq"])
@@ -223,7 +261,7 @@ def test_save_resume_restores_meta_state_and_continues_identically(tmp_path):
     resumed = FunctionStepPRMTrainer(tiny_prm(seed=1), _config(tmp_path, output_dir=str(tmp_path / "b"), **kw),
                                      train_dataset=train, meta_dataset=meta)
     resumed.train(resume_from_checkpoint=str(ckpt))
-    torch.testing.assert_close(resumed.meta_table.z, full.meta_table.z, rtol=0, atol=1e-6)
+    torch.testing.assert_close(resumed.meta_table.y, full.meta_table.y, rtol=0, atol=1e-6)
     pf, pr = trainable_state(full.model), trainable_state(resumed.model)
     for k in pf:
         torch.testing.assert_close(pr[k], pf[k], rtol=0, atol=1e-6)
@@ -239,9 +277,11 @@ def _label_error(labels, truth):
 
 
 def _synthetic_run(tmp_path, **kw):
+    """Single-step rows, 30 % flips, full batch; library meta defaults (PRM lr 1e-2 and run length set)."""
     train, meta, truth = noisy_task(n_train=64, n_meta=16, flip=0.3, train_lengths=(1,))
-    args = _config(tmp_path, per_device_train_batch_size=64, max_steps=60, meta_warmup_steps=30,
-                   lr_scheduler_type="constant", meta_learning_rate=0.2, meta_batch_size=16, logging_steps=10, **kw)
+    args = FunctionStepPRMConfig(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none",
+                                 save_strategy="no", disable_tqdm=True, learning_rate=1e-2,
+                                 per_device_train_batch_size=64, logging_steps=10, **{"max_steps": 60, **kw})
     trainer = FunctionStepPRMTrainer(tiny_prm(hidden_size=64), args, train_dataset=train, meta_dataset=meta)
     trainer.train()
     return trainer, train, truth
@@ -255,20 +295,56 @@ def test_label_correction_repairs_flipped_labels(tmp_path):
     assert [len(r) for r in corrected] == [len(r) for r in train["mc_labels"]]
     err, wrong = _label_error(corrected, truth)
     assert noisy_wrong == 20 and noisy_err == pytest.approx(20 / 64)
-    assert wrong <= 2, (err, wrong)
-    assert err < 0.1 < noisy_err
+    assert wrong <= 4, (err, wrong)
+    assert err < 0.5 * noisy_err, (err, noisy_err)
     logs = [h for h in trainer.state.log_history if "meta/labels_crossed" in h]
-    assert logs[-1]["meta/labels_crossed"] >= 18 and logs[-1]["meta/label_shift"] > 0.2
-    assert "meta/loss" in logs[-1]
+    assert logs[-1]["meta/labels_crossed"] >= 16 and "meta/loss" in logs[-1]
 
 
-def test_sample_reweighting_downweights_noisy_rows(tmp_path):
-    trainer, train, truth = _synthetic_run(tmp_path, meta_method="sample_reweighting")
-    w = np.asarray(trainer.sample_weights())
-    flipped = np.array([r != t for r, t in zip(train["mc_labels"], truth)])
-    assert w.mean() == pytest.approx(1.0, rel=1e-5)
+def test_sample_reweighting_downweights_noisy_prefixes(tmp_path):
+    trainer, train, truth = _synthetic_run(tmp_path, meta_method="sample_reweighting", max_steps=100)
+    w = np.concatenate(trainer.sample_weights())
+    flipped = np.concatenate([np.asarray(r) != np.asarray(t) for r, t in zip(train["mc_labels"], truth)])
+    assert w.min() >= 0.0 and w.max() <= 2.0
     assert w[flipped].mean() < 0.8 * w[~flipped].mean(), (w[flipped].mean(), w[~flipped].mean())
     assert trainer.corrected_labels() == [list(r) for r in train["mc_labels"]]
+
+
+@pytest.fixture(scope="module")
+def multistep_run(tmp_path_factory):
+    """The benchmark's task at CI size: 1-6 steps, cumulative truth, 30 % flips, clean fixed verdicts, batch 8."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    from bench_correction import label_error, synthetic_task, train
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    task = synthetic_task("flip:0.3", seed=0, n_problems=48)
+    noisy = [r["mc_labels"] for r in task["train"]]
+    trainer = train(task, noisy, "label_correction", batch=8, steps=100, seed=0,
+                    tmp=str(tmp_path_factory.mktemp("multistep")))
+    torch.set_num_threads(previous)
+    return task, noisy, trainer, label_error
+
+
+def test_label_correction_corrects_multistep_cumulative_labels(multistep_run):
+    """Library defaults except run length: corrected labels beat the noisy ones on MAE and wrong side of 0.5."""
+    task, noisy, trainer, label_error = multistep_run
+    (noisy_mae, noisy_wrong), (mae, wrong) = label_error(task, noisy), label_error(task, trainer.corrected_labels())
+    assert noisy_wrong > 0.2  # the task is noisy
+    assert mae <= 0.7 * noisy_mae, (mae, noisy_mae)
+    assert wrong <= 0.5 * noisy_wrong, (wrong, noisy_wrong)
+
+
+def test_clean_final_label_never_moves(multistep_run):
+    """A complete program's verdict (``label_fixed``) is a fixed target: bit-identical after training."""
+    task, noisy, trainer, _ = multistep_run
+    table = trainer.meta_table
+    assert int((~table.learnable).sum()) == len(noisy)  # exactly one clean label per row
+    corrected = trainer.corrected_labels()
+    assert [c[-1] for c in corrected] == [y[-1] for y in noisy]
+    assert torch.equal(table.y.detach()[~table.learnable], table.phi_init[~table.learnable])
+    moved = (table.y.detach() - table.phi_init).abs()[table.learnable]
+    assert moved.max() > 0.5  # while learnable labels did move
 
 
 # ------------------------------------------------------------------------------------------------- eval, card
@@ -341,7 +417,7 @@ def test_resume_true_skips_a_checkpoint_whose_save_was_killed(tmp_path, monkeypa
     pf, pr = trainable_state(full.model), trainable_state(resumed.model)
     for k in pf:
         torch.testing.assert_close(pr[k], pf[k], rtol=0, atol=1e-6)
-    torch.testing.assert_close(resumed.meta_table.z, full.meta_table.z, rtol=0, atol=1e-6)
+    torch.testing.assert_close(resumed.meta_table.y, full.meta_table.y, rtol=0, atol=1e-6)
 
 
 def test_resume_last_from_the_config_starts_afresh_without_checkpoints(tmp_path):
@@ -401,4 +477,4 @@ def test_lora_resume_through_the_stock_trainer_path_restores_the_trained_weights
     assert pf.keys() == pr.keys() and any("lora_A" in k for k in pf)
     for k in pf:
         torch.testing.assert_close(pr[k], pf[k], rtol=0, atol=1e-6)
-    torch.testing.assert_close(resumed.meta_table.z, full.meta_table.z, rtol=0, atol=1e-6)
+    torch.testing.assert_close(resumed.meta_table.y, full.meta_table.y, rtol=0, atol=1e-6)

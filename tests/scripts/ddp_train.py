@@ -15,12 +15,12 @@ from dreamprm_trl import FunctionStepPRMConfig, FunctionStepPRMTrainer  # noqa: 
 
 def main(out: str) -> None:
     torch.set_num_threads(1)
-    train, meta, _ = noisy_task(n_train=8, n_meta=8, train_lengths=(1, 2, 3))
+    train, meta, _ = noisy_task(n_train=8, n_meta=8, train_lengths=(1, 2, 3))  # step 0 warm-up, steps 1-2 meta
     for method in ("none", "label_correction"):
         args = FunctionStepPRMConfig(
             output_dir=os.path.join(out, method), per_device_train_batch_size=2, max_steps=3, learning_rate=1e-2,
             meta_method=method, meta_batch_size=4, meta_learning_rate=0.1, use_cpu=True, report_to="none",
-            save_strategy="no", disable_tqdm=True, logging_steps=1,
+            save_strategy="no", disable_tqdm=True, logging_steps=1, meta_warmup_steps=1,
         )
         trainer = FunctionStepPRMTrainer(tiny_prm(), args, train_dataset=train, meta_dataset=meta)
         trainer.train()

@@ -46,9 +46,11 @@ def noisy_task(n_train: int = 16, n_meta: int = 16, flip: float = 0.3, seed: int
         noisy = [1.0 - y if rng.random() < flip else y for y in labels]
         train.append({"prompt": "# task\n", "steps": steps, "mc_labels": noisy, "task_id": f"t{i}"})
         truth.append(labels)
-    meta = []
+    meta, seen = [], {"".join(r["steps"]) for r in train}
     for _ in range(n_meta):
         steps, labels = program(rng)
+        while "".join(steps) in seen:  # a program is never both a train row and a meta program
+            steps, labels = program(rng)
         meta.append({"prompt": "# task\n", "steps": steps, "passed": all(labels)})
     return datasets.Dataset.from_list(train), datasets.Dataset.from_list(meta), truth
 
