@@ -1,7 +1,7 @@
 """Reranking quality on held-out problems: the results table (JSON + Markdown) and the test-time scaling plot.
 
-    python benchmarks/bench_quality.py                      # the embedded default, as examples/train.py
-    python benchmarks/bench_quality.py --backbone minilm    # any ExperimentArguments / FunctionStepPRMConfig flag
+    python benchmarks/bench_quality.py                      # the embedded default (ClassEval), as examples/train.py
+    python benchmarks/bench_quality.py --dataset both       # any ExperimentArguments / FunctionStepPRMConfig flag
     python benchmarks/bench_quality.py --replot             # redraw the figure from quality.json
 
 Writes benchmarks/results/quality.{json,md} and benchmarks/results/quality_scaling.png: reranked pass@1 against the

@@ -88,11 +88,11 @@ COMPARISONS = [("dreamprm", "function"), ("dreamprm", "reweighting"), ("dreamprm
 #: Training defaults of the embedded demo (2 CPU cores, minutes); every one is a flag of `FunctionStepPRMConfig`.
 DEMO_TRAINING_DEFAULTS: dict[str, Any] = {
     "output_dir": "outputs/dreamprm-code",
-    "num_train_epochs": 2,
+    "num_train_epochs": 1,
     "learning_rate": 1e-3,
     "per_device_train_batch_size": 8,
     "per_device_eval_batch_size": 16,
-    "max_length": 2048,
+    "max_length": 1024,
     "logging_steps": 20,
     "save_strategy": "no",
     "report_to": "none",
@@ -264,14 +264,16 @@ def three_way_split(task_ids: Sequence[str], args: ExperimentArguments) -> dict[
 def build_datasets(args: ExperimentArguments, problems: list[Problem], pool: dict[str, list[str]],
                    split: dict[str, list[str]], executor: SandboxedExecutor, need: set[str]) -> dict[str, Any]:
     """Label once what the requested variants need, through the resumable cache: the verdicts of all N
-    candidates of every problem, and MC labels of the trajectory problems' first ``trajectories`` candidates
+    candidates of every problem, and MC labels of the trajectory problems' first ``trajectories`` parsing candidates
     for each step splitter in use (same trajectories, same rollouts per prefix, same number of prefixes)."""
     groups = {t: progs[: args.num_candidates] for t, progs in pool.items()}
     cache = Path(args.cache_dir)
     out: dict[str, Any] = {"final": label_final(problems, groups, executor=executor, cache_dir=cache / "final")}
     traj_ids = set(split["trajectory"])
     traj_problems = [p for p in problems if p.task_id in traj_ids]
-    trajectories = {t: groups[t][: args.trajectories] for t in split["trajectory"]}
+    # The same trajectories for every splitter: the first candidates that parse (function steps need a parse).
+    trajectories = {t: [c for c in groups[t] if parses(c)][: args.trajectories] for t in split["trajectory"]}
+    out["trajectories"] = trajectories
     for name in sorted({VARIANTS[m].splitter for m in need if VARIANTS[m].labels == "mc"}):
         splitter = get_splitter(name)
         generator = (PoolGenerator(pool, splitter=splitter, seed=args.split_seed) if args.generator == "pool"
@@ -291,17 +293,12 @@ def prefix_rows(mc: Any) -> Any:
     return cut.filter(lambda r: any(v is not None for v in r["mc_labels"]))
 
 
-def complete_rows(final: Any, task_ids: set[str], splitter: str, trajectories: int | None = None) -> list[dict]:
-    """Complete programs of ``task_ids`` with their verdicts (the first ``trajectories`` per task if given), cut
-    with ``splitter``: ``{"task_id", "prompt", "steps", "passed"}``."""
-    split, seen, rows = get_splitter(splitter), {}, []
-    for r in final:
-        if r["task_id"] in task_ids and r["code"]:
-            seen[r["task_id"]] = seen.get(r["task_id"], 0) + 1
-            if trajectories is None or seen[r["task_id"]] <= trajectories:
-                rows.append({"task_id": r["task_id"], "prompt": r["prompt"],
-                             "steps": [s.text for s in split(r["code"])], "passed": bool(r["passed"])})
-    return rows
+def complete_rows(final: Any, keep: Callable[[dict], bool], splitter: str) -> list[dict]:
+    """Complete programs (rows of ``final`` for which ``keep(row)``) with their verdicts, cut with ``splitter``:
+    ``{"task_id", "prompt", "steps", "passed"}``."""
+    split = get_splitter(splitter)
+    return [{"task_id": r["task_id"], "prompt": r["prompt"], "steps": [s.text for s in split(r["code"])],
+             "passed": bool(r["passed"])} for r in final if r["code"] and keep(r)]
 
 
 def variant_data(name: str, args: ExperimentArguments, data: dict[str, Any],
@@ -310,11 +307,13 @@ def variant_data(name: str, args: ExperimentArguments, data: dict[str, Any],
     from datasets import Dataset
 
     variant = VARIANTS[name]
-    meta = complete_rows(data["final"], set(split["meta"]), variant.splitter)
+    meta_ids = set(split["meta"])
+    meta = complete_rows(data["final"], lambda r: r["task_id"] in meta_ids, variant.splitter)
     as_final = [{"task_id": r["task_id"], "prompt": r["prompt"], "steps": r["steps"],
                  "mc_labels": [None] * (len(r["steps"]) - 1) + [float(r["passed"])]} for r in meta]
     if variant.labels == "final":
-        own = complete_rows(data["final"], set(split["trajectory"]), "program", args.trajectories)
+        trajectories = {(t, c) for t, codes in data["trajectories"].items() for c in codes}
+        own = complete_rows(data["final"], lambda r: (r["task_id"], r["code"]) in trajectories, "program")
         own = [{**r, "mc_labels": [float(r.pop("passed"))]} for r in own]
         return Dataset.from_list(own + as_final), None
     prefixes = prefix_rows(data[f"mc_{variant.splitter}"]).select_columns(["task_id", "prompt", "steps", "mc_labels"])
@@ -369,23 +368,17 @@ def build_prm(args: ExperimentArguments, config: FunctionStepPRMConfig, backbone
     return FunctionStepPRM.from_backbone(copy.deepcopy(body), tokenizer, lora_config=lora, **common)
 
 
-def train_variant(name: str, args: ExperimentArguments, config: FunctionStepPRMConfig, data: dict[str, Any],
-                  split: dict[str, list[str]], backbone: tuple[Any, Any]
-                  ) -> tuple[FunctionStepPRM, FunctionStepPRMTrainer, Any]:
-    """Train the variant ``name`` of `VARIANTS` from a fresh PRM on `variant_data`; returns the PRM, its trainer
-    and its train rows (aligned with ``trainer.corrected_labels()``)."""
+def train_variant(name: str, args: ExperimentArguments, config: FunctionStepPRMConfig, rows: Any, meta: Any,
+                  backbone: tuple[Any, Any]) -> tuple[FunctionStepPRM, FunctionStepPRMTrainer]:
+    """Train the variant ``name`` of `VARIANTS` from a fresh PRM on its `variant_data` ``(rows, meta)``."""
     variant = VARIANTS[name]
-    rows, meta = variant_data(name, args, data, split)
-    if len(rows) == 0:
-        raise ValueError(f"Variant {name!r} has no training rows: its trajectories have no labelled prefix (single-step "
-                         "programs?). Use --dataset classeval or both, or more --trajectories.")
     run_config = dataclasses.replace(config, meta_method=variant.meta_method,
                                      output_dir=os.path.join(config.output_dir, name))
     prm = build_prm(args, run_config, backbone)
     prm.prm_config.step_splitter = variant.splitter  # read by rerank.saved_splitter
     trainer = FunctionStepPRMTrainer(prm, run_config, train_dataset=rows, meta_dataset=meta)
     trainer.train()
-    return prm, trainer, rows
+    return prm, trainer
 
 
 # ----------------------------------------------------------------------------------------------------- evaluation
@@ -474,10 +467,15 @@ def run_experiment(args: ExperimentArguments, config: FunctionStepPRMConfig) -> 
     flat = [[0.0] * len(g) for g in groups]
     ranked: dict[str, list[list[float]]] = {"random": flat, FLOOR: filtered(flat, parse_ok)}
     labels = {"random": "random pick (mean pass@1)", FLOOR: "parses, then random pick"}
-    quality = None
+    quality, skipped = None, {}
     for name in names:
         variant = VARIANTS[name]
-        prm, trainer, _ = train_variant(name, args, config, data, split, backbone)
+        rows, meta = variant_data(name, args, data, split)
+        if len(rows) == 0:  # e.g. HumanEval: single-function trajectories have no non-final prefix to learn from
+            skipped[name] = "no labelled non-final prefix (single-step trajectories)"
+            logger.warning("Variant %r skipped: %s; use --dataset classeval or both.", name, skipped[name])
+            continue
+        prm, trainer = train_variant(name, args, config, rows, meta, backbone)
         ranked[name] = score_groups(prm, eval_problems, groups, get_splitter(variant.splitter), None,
                                     config.per_device_eval_batch_size)
         labels[name] = variant.label
@@ -507,6 +505,7 @@ def run_experiment(args: ExperimentArguments, config: FunctionStepPRMConfig) -> 
         "num_trajectory_problems": len(split["trajectory"]), "num_meta_problems": len(split["meta"]),
         "num_eval_problems": len(eval_problems), "candidates_per_problem": args.num_candidates,
         "trajectories_per_problem": args.trajectories, "rollouts": args.rollouts, "backbone": args.backbone,
+        "skipped_variants": skipped,
         "public_test_contradictions": _contradictions(eval_problems, executor),
         "labelling_seconds": round(labelled - start, 1), "seconds": round(time.time() - start, 1),
         "arguments": dataclasses.asdict(args),
