@@ -50,7 +50,7 @@ from .labeling import label_final, label_steps, load_candidates, load_problems, 
 from .metrics import bootstrap_ci, label_agreement, per_problem_reranked, rerank_metrics, scaling_curve
 from .modeling import FunctionStepPRM
 from .rerank import Ranked, public_test_verdicts, ranking_values, record_splitter
-from .steps import _parse, get_splitter, split_steps
+from .steps import _parse, get_splitter
 from .tasks import Problem, load_bundled_classeval_candidates
 from .trainer import FunctionStepPRMTrainer
 

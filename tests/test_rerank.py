@@ -193,7 +193,7 @@ def trained_prm(tmp_path_factory):
 
 def test_rerank_with_a_trained_prm_puts_correct_programs_first(trained_prm):
     """Random pick scores 0.25 on these groups by construction; the trained PRM's top pick must be the one
-    correct program in at least 80% of them (measured: all)."""
+    correct program in at least 80% of them."""
     import learnable_task
 
     groups, passed = learnable_task.eval_groups(seed=5, n_groups=20)
