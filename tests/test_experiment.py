@@ -17,6 +17,7 @@ from dreamprm_trl.experiment import (
     three_way_split,
 )
 from dreamprm_trl.metrics import per_problem_reranked
+from dreamprm_trl.steps import get_splitter, split_line_chunks, split_lines, split_steps, splitter_name
 
 import learnable_task
 
@@ -52,6 +53,20 @@ def test_prefix_rows_drop_the_clean_final_label():
     ])
     rows = prefix_rows(mc).to_list()
     assert rows == [{"task_id": "a", "steps": ["s1", "s2"], "mc_labels": [0.5, 0.25]}]
+
+
+def test_line_chunks_match_the_function_step_budget():
+    code = ("import os\n\n\nclass A:\n    def f(self):\n        x = 1\n        return x\n\n"
+            "    def g(self):\n        return 2\n\n    def h(self):\n        y = 3\n        z = 4\n        return y + z\n")
+    chunks = split_line_chunks(code)
+    assert len(split_steps(code)) == 3 and len(chunks) == 3  # 3 methods -> 3 line-aligned steps
+    assert "".join(c.text for c in chunks) == code
+    # 11 logical lines cut after lines round(11 k / 3) = 4 and 7: "x = 1" (inside f) and "return 2".
+    assert chunks[0].text.endswith("x = 1\n") and chunks[1].text.endswith("return 2\n\n")
+    assert split_line_chunks("x = 1\n") == split_lines("x = 1\n")  # one step: nothing to group
+    assert get_splitter("line_chunks") is split_line_chunks and splitter_name(None) == "function"
+    with pytest.raises(ValueError, match="Unknown step splitter"):
+        get_splitter("tokens")
 
 
 def test_quick_flag_overrides_the_sizes():
