@@ -129,7 +129,9 @@ def add_rerank_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--aggregation", default=None,
                    help="How step scores become one program score: min, mean, last, prod or logodds "
                         "(default: the aggregation the PRM was saved with).")
-    p.add_argument("--splitter", default=None, choices=("function", "line", "line_chunks", "program"),
+    from .steps import SPLITTERS
+
+    p.add_argument("--splitter", default=None, choices=sorted(SPLITTERS),
                    help="How candidates are cut into steps (default: the splitter the PRM was trained with).")
     p.add_argument("--public_tests", action="store_true",
                    help="Hybrid: candidates failing the problem's public tests rank last.")

@@ -86,8 +86,10 @@ def saved_splitter(prm: Any) -> Any:
 def record_splitter(save_directory: str, name: str) -> None:
     """Write the training step splitter ``name`` into ``save_directory/prm_config.json`` so that `load_prm`,
     `rerank_file` and ``dreamprm-code rerank`` split candidates the way the PRM was trained."""
+    from .modeling import CONFIG_NAME
+
     get_splitter(name)  # validates the name
-    path = os.path.join(save_directory, "prm_config.json")
+    path = os.path.join(save_directory, CONFIG_NAME)
     with open(path, encoding="utf-8") as f:
         config = json.load(f)
     config[SPLITTER_KEY] = name
@@ -96,12 +98,12 @@ def record_splitter(save_directory: str, name: str) -> None:
 
 
 def load_prm(path: str) -> Any:
-    """`FunctionStepPRM.from_pretrained(path)` with the recorded step splitter (see `record_splitter`) attached
-    as ``prm.prm_config.step_splitter``."""
-    from .modeling import FunctionStepPRM
+    """`FunctionStepPRM.from_pretrained(path)` with the step splitter recorded in a local directory (see
+    `record_splitter`) attached as ``prm.prm_config.step_splitter``."""
+    from .modeling import CONFIG_NAME, FunctionStepPRM
 
     prm = FunctionStepPRM.from_pretrained(str(path))
-    config_file = os.path.join(str(path), "prm_config.json")
+    config_file = os.path.join(str(path), CONFIG_NAME)
     if os.path.isfile(config_file):
         with open(config_file, encoding="utf-8") as f:
             name = json.load(f).get(SPLITTER_KEY)
