@@ -81,7 +81,8 @@ def test_quick_flag_overrides_the_sizes():
 @pytest.mark.parametrize("meta_method", ["none", "label_correction"])
 def test_trained_prm_beats_random_on_a_learnable_task(tmp_path, meta_method):
     """Correctness shows in one operator of the code. Random pick scores 0.25 by construction; a PRM trained on
-    the experiment's data flow must reach 0.25 + 0.5; if learning fails, this fails."""
+    the experiment's data flow must reach 0.25 + 0.5 (measured: 1.0 with either method, seed 0; the same PRM
+    untrained scores 0.39); if learning fails, this fails."""
     prm = learnable_task.train_prm(str(tmp_path), meta_method)
     groups, passed = learnable_task.eval_groups()
     scores = [prm.program_scores([("Write the functions.", c) for c in g], batch_size=8, progress=False)
