@@ -1,7 +1,7 @@
 """Reranking quality on held-out problems: the results table (JSON + Markdown) and the test-time scaling plot.
 
-    python benchmarks/bench_quality.py                      # the embedded default, as examples/train.py
-    python benchmarks/bench_quality.py --backbone minilm    # any ExperimentArguments / FunctionStepPRMConfig flag
+    python benchmarks/bench_quality.py                      # the embedded default (ClassEval), as examples/train.py
+    python benchmarks/bench_quality.py --dataset both       # any ExperimentArguments / FunctionStepPRMConfig flag
     python benchmarks/bench_quality.py --replot             # redraw the figure from quality.json
 
 Writes benchmarks/results/quality.{json,md} and benchmarks/results/quality_scaling.png: reranked pass@1 against the
@@ -16,11 +16,12 @@ from pathlib import Path
 from trl import TrlParser
 
 from dreamprm_trl import FunctionStepPRMConfig
-from dreamprm_trl.experiment import DEMO_TRAINING_DEFAULTS, ExperimentArguments, format_table, run_experiment
+from dreamprm_trl.experiment import DEMO_TRAINING_DEFAULTS, ExperimentArguments, render, run_experiment
 
 RESULTS = Path(__file__).parent / "results"
-CURVES = {"random": "random pick", "orm": "ORM", "function": "PRM (function-as-step)",
-          "dreamprm": "DreamPRM-Code", "public_random": "public tests + random pick",
+CURVES = {"random": "random pick", "parses_random": "parses + random pick", "orm": "ORM",
+          "line": "PRM (line-as-step)", "function": "PRM (function-as-step)", "dreamprm": "DreamPRM-Code",
+          "parses_dreamprm": "parses + DreamPRM-Code", "public_random": "public tests + random pick",
           "public_dreamprm": "public tests + DreamPRM-Code"}
 
 
@@ -60,7 +61,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out["command"] = "python benchmarks/bench_quality.py " + " ".join(sys.argv[1:])
     (RESULTS / "quality.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
-    table = format_table(out["table"], out["title"], out["comparisons"])
+    table = render(out)
     (RESULTS / "quality.md").write_text(f"Command: `{out['command'].strip()}`\n\n{table}\n")
     plot(out["curves"], RESULTS / "quality_scaling.png", out["title"].strip())
     print(table)

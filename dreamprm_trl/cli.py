@@ -193,7 +193,7 @@ def _rerank(args: argparse.Namespace) -> int:
         _require_opt_in(args)
     summary = rerank_file(args.model, args.problems, args.candidates, args.out, aggregation=args.aggregation,
                           public_tests=args.public_tests, batch_size=args.batch_size, executor=_executor(args),
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, splitter=args.splitter)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -207,8 +207,13 @@ def add_rerank_command(subparsers: argparse._SubParsersAction) -> None:
                    help="'humaneval' / 'classeval' (bundled) or a JSONL(.gz) file of {task_id, code|completion, "
                         "...} rows; with 'passed' on every row the summary reports reranked vs random vs oracle.")
     p.add_argument("--out", required=True, help="Output JSONL: input rows plus rank, score, step_scores.")
-    p.add_argument("--aggregation", default="min",
-                   help="How step scores become one program score: min, mean, last, prod or logodds.")
+    p.add_argument("--aggregation", default=None,
+                   help="How step scores become one program score: min, mean, last, prod or logodds "
+                        "(default: the aggregation the PRM was saved with).")
+    from .steps import SPLITTERS
+
+    p.add_argument("--splitter", default=None, choices=sorted(SPLITTERS),
+                   help="How candidates are cut into steps (default: the splitter the PRM was trained with).")
     p.add_argument("--public_tests", action="store_true",
                    help="Hybrid: candidates failing the problem's public tests rank last.")
     p.add_argument("--batch_size", type=_positive(int), default=8, help="Candidates per forward pass.")

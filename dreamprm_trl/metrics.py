@@ -220,3 +220,31 @@ def scaling_curve(
         curve["mean_pass@1"].append(float(np.mean([p.mean() for _, p in groups])))
         curve["oracle_pass@N"].append(float(np.mean([pass_at_k(p.size, int(p.sum()), n) for _, p in groups])))
     return curve
+
+
+def auroc(scores: Sequence[float], truth: Sequence[bool]) -> float:
+    """Area under the ROC curve: the chance that a random positive scores above a random negative, ties counted
+    one half (Mann-Whitney U over average ranks). NaN when ``truth`` has a single class."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = np.asarray(truth, dtype=bool).reshape(-1)
+    if s.shape != y.shape:
+        raise ValueError(f"auroc: {s.size} scores but {y.size} truth values; give one per item.")
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts  # 0-based rank of each distinct value's first occurrence
+    ranks = (first + (counts + 1) / 2.0)[inverse]  # average 1-based ranks
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def label_agreement(labels: Sequence[float], truth: Sequence[float]) -> dict:
+    """How well soft step ``labels`` in [0, 1] match binary ``truth``: ``mae`` (mean absolute error), ``auroc``
+    (ranking, `auroc`) and ``wrong_side`` (share of labels on the wrong side of 0.5; 0.5 itself counts wrong)."""
+    p = np.asarray(labels, dtype=np.float64).reshape(-1)
+    y = np.asarray(truth, dtype=np.float64).reshape(-1)
+    if p.shape != y.shape or p.size == 0:
+        raise ValueError(f"label_agreement needs as many labels as truth values (>= 1); got {p.size} and {y.size}.")
+    wrong = np.where(y > 0.5, p <= 0.5, p >= 0.5)
+    return {"mae": float(np.abs(p - y).mean()), "auroc": auroc(p, y > 0.5), "wrong_side": float(wrong.mean()),
+            "n": int(p.size)}

@@ -35,6 +35,7 @@ from .backbones import MINILM_ID, is_causal_backbone, load_backbone, load_tokeni
 from .collator import (
     IGNORE_INDEX, STEP_TOKEN, ChainOfFunctionCollator, code_to_steps, effective_prompt, prepare_tokenizer,
 )
+from .steps import SPLITTERS
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +179,7 @@ class PRMConfig(PreTrainedConfig):
     loss_type: str = "bce"
     label_smoothing: float = 0.0
     max_length: int = 1024
+    step_splitter: str = "function"  # the `steps.SPLITTERS` name the PRM was trained with; rerank splits by it
     backbone_attn_implementation: str | None = None
     format_version: int = FORMAT_VERSION
 
@@ -192,6 +194,8 @@ class PRMConfig(PreTrainedConfig):
             raise ValueError(f"PRMConfig.aggregation={self.aggregation!r}; choose one of {AGGREGATIONS}.")
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"PRMConfig.loss_type={self.loss_type!r}; choose one of {LOSS_TYPES}.")
+        if self.step_splitter not in SPLITTERS:
+            raise ValueError(f"PRMConfig.step_splitter={self.step_splitter!r}; choose one of {sorted(SPLITTERS)}.")
         self.new_token_ids = list(self.new_token_ids or [])
 
 

@@ -17,8 +17,13 @@ from typing import Any, Mapping, Protocol, Sequence
 
 from .execution import SandboxedExecutor, TestSuite
 from .metrics import rerank_metrics
+from .steps import get_splitter
 
-__all__ = ["Ranked", "rerank", "rerank_many", "best_of_n", "ranking_values", "public_test_verdicts", "rerank_file"]
+__all__ = ["Ranked", "rerank", "rerank_many", "best_of_n", "ranking_values", "public_test_verdicts", "rerank_file",
+           "saved_splitter", "record_splitter", "load_prm"]
+
+#: Key of ``prm_config.json`` naming the step splitter a PRM was trained with (a `steps.SPLITTERS` name).
+SPLITTER_KEY = "step_splitter"
 
 
 class StepScorer(Protocol):
@@ -72,6 +77,38 @@ def _public_suite(problem: Any, public_tests: Any) -> TestSuite | None:
     raise TypeError(f"public_tests must be None, True or a TestSuite, got {type(public_tests).__name__}.")
 
 
+def saved_splitter(prm: Any) -> Any:
+    """The step splitter ``prm`` was trained with (``prm.config.step_splitter``, a `steps.SPLITTERS` name); None
+    (the scorer's own default, function-as-step) for a scorer without a PRM config."""
+    name = getattr(getattr(prm, "prm_config", None), SPLITTER_KEY, None)
+    return get_splitter(name) if name else None
+
+
+def record_splitter(save_directory: str, name: str) -> None:
+    """Write the training step splitter ``name`` into ``save_directory/config.json`` (`PRMConfig.step_splitter`)
+    so that `load_prm`, `rerank_file` and ``dreamprm-code rerank`` split candidates the way the PRM was trained."""
+    from transformers.utils import CONFIG_NAME
+
+    get_splitter(name)  # validates the name
+    path = os.path.join(save_directory, CONFIG_NAME)
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    config[SPLITTER_KEY] = name
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+
+
+def load_prm(path: str | os.PathLike) -> Any:
+    """`FunctionStepPRM.from_pretrained(path)`, with a one-line error naming ``path`` when nothing loads from it."""
+    from .modeling import FunctionStepPRM
+
+    try:
+        return FunctionStepPRM.from_pretrained(str(path))
+    except OSError as err:
+        raise OSError(f"model {str(path)!r}: cannot load a PRM from it; pass a save_pretrained directory or a "
+                      f"Hub repo id ({err})") from None
+
+
 def _sort_key(r: Ranked) -> tuple:
     score = -math.inf if math.isnan(r.score) else r.score
     return (r.public_pass is False, -score, r.index)
@@ -111,7 +148,7 @@ def rerank_many(
     prm: StepScorer,
     problems: Sequence[Any],
     candidates: Sequence[Sequence[str]],
-    aggregation: str = "min",
+    aggregation: str | None = None,
     public_tests: Any = None,
     executor: SandboxedExecutor | None = None,
     batch_size: int = 8,
@@ -136,6 +173,7 @@ def rerank_many(
             raise TypeError(f"candidates[{i}] must be a list of program source strings.")
 
     pairs = [(_prompt_of(p), code) for p, group in zip(problems, candidates) for code in group]
+    splitter = splitter if splitter is not None else saved_splitter(prm)
     kwargs = {"splitter": splitter} if splitter is not None else {}
     scored = prm.score_batch(pairs, batch_size=batch_size, progress=progress, **kwargs) if pairs else []
     if len(scored) != len(pairs):
@@ -161,7 +199,7 @@ def rerank(
     prm: StepScorer,
     problem: Any,
     candidates: Sequence[str],
-    aggregation: str = "min",
+    aggregation: str | None = None,
     public_tests: Any = None,
     executor: SandboxedExecutor | None = None,
     batch_size: int = 8,
@@ -174,12 +212,14 @@ def rerank(
         prm: a step scorer such as `FunctionStepPRM` (``score_batch(pairs, batch_size, progress)``).
         problem: a `Problem` (its ``prompt`` is shown to the PRM) or the prompt string.
         candidates: full, runnable program sources.
-        aggregation: how step scores become one program score (``min | mean | last | prod | logodds``).
+        aggregation: how step scores become one program score (``min | mean | last | prod | logodds``); None
+            (the default) uses the aggregation the PRM was trained and saved with (``prm_config.aggregation``).
         public_tests: None for the pure PRM ranking; True for ``problem.public_tests`` (a problem without
             public examples is not filtered); or a `TestSuite`. Candidates failing the public tests rank below
             all that pass.
         executor: the `SandboxedExecutor` for public tests (default: a new one with default limits).
-        splitter: step splitter passed to the PRM (e.g. `steps.split_lines` for a line-as-step PRM).
+        splitter: step splitter passed to the PRM (e.g. `steps.split_lines` for a line-as-step PRM); None (the
+            default) uses the one the PRM was trained with (`saved_splitter`), else function-as-step.
 
     Ties keep the input order (the sort is stable).
     """
@@ -231,16 +271,6 @@ def _json_float(x: float) -> float | None:
     return None if math.isnan(x) else x
 
 
-def _load_prm(path: str | os.PathLike) -> Any:
-    from .modeling import FunctionStepPRM
-
-    try:
-        return FunctionStepPRM.from_pretrained(str(path))
-    except OSError as err:
-        raise OSError(f"model {str(path)!r}: cannot load a PRM from it; pass a save_pretrained directory or a "
-                      f"Hub repo id ({err})") from None
-
-
 def _name(problems: Any) -> str:
     return str(problems) if isinstance(problems, (str, os.PathLike)) else "problems"
 
@@ -250,17 +280,19 @@ def rerank_file(
     problems: Any,
     candidates: Any,
     out: str,
-    aggregation: str = "min",
+    aggregation: str | None = None,
     public_tests: bool = False,
     batch_size: int = 8,
     executor: SandboxedExecutor | None = None,
     progress: bool = True,
     n_bootstrap: int = 1000,
+    splitter: Any = None,
 ) -> dict:
     """Rerank a candidates file and write one JSON line per candidate, best first within each task.
 
     Args:
-        model: a PRM object, or a local directory / Hub id loaded with `FunctionStepPRM.from_pretrained`.
+        model: a PRM object, or a local directory / Hub id loaded with `load_prm` (its saved step splitter
+            and aggregation are the defaults).
         problems: a list of `Problem`, or a spec for `labeling.load_problems` (``"humaneval"``,
             ``"classeval"``, a ``save_to_disk`` directory or a JSON/JSONL(.gz) file of ``Problem.to_row()`` rows).
         candidates: a spec for `labeling.load_candidates`: ``"humaneval"`` / ``"classeval"`` (bundled) or a
@@ -269,8 +301,10 @@ def rerank_file(
         out: output JSON Lines: the input fields plus the full ``code``, ``rank``, ``candidate_index``, ``score``,
             ``step_scores`` and ``public_pass``; a NaN score is written as ``null``. Written to a temporary file
             and renamed, so a crash never leaves a partial file.
+        aggregation: None (default) for the PRM's saved aggregation, or one of ``min | mean | last | prod | logodds``.
         public_tests: rank candidates failing their problem's ``public_tests`` last (hybrid ranking); problems
             without public tests are ranked by the PRM alone.
+        splitter: a step splitter or a `steps.SPLITTERS` name; None (default) for the one the PRM was saved with.
 
     Raises:
         ValueError: a task id appears twice among the problems, a candidate's task id is not among them, or every
@@ -299,12 +333,12 @@ def rerank_file(
             f"({len(unknown)} unknown task ids); pass the matching --problems."
         )
     if isinstance(model, (str, os.PathLike)):  # loaded once the inputs are known to be good
-        model = _load_prm(model)
+        model = load_prm(model)
     task_ids = list(groups)
     codes = [[r["code"] for r in groups[t]] for t in task_ids]
     ranked = rerank_many(
         model, [by_id[t] for t in task_ids], codes, aggregation, True if public_tests else None, executor,
-        batch_size, progress,
+        batch_size, progress, get_splitter(splitter) if isinstance(splitter, str) else splitter,
     )
     num_scores = sum(len(group) for group in ranked)
     if num_scores and all(math.isnan(r.score) for group in ranked for r in group):

