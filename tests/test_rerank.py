@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import pytest
 
-from dreamprm_trl.steps import split_steps
 from dreamprm_trl.execution import SandboxedExecutor, TestSuite
 from dreamprm_trl.metrics import rerank_metrics
 from dreamprm_trl.rerank import (
@@ -20,6 +19,7 @@ from dreamprm_trl.rerank import (
     rerank_many,
     saved_splitter,
 )
+from dreamprm_trl.steps import split_steps
 from dreamprm_trl.tasks import Problem
 
 

@@ -13,7 +13,7 @@ from transformers import HfArgumentParser
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "scripts"))
 
-from tiny_prm import BAD, GOOD, noisy_task, tiny_prm, trainable_state  # noqa: E402
+from tiny_prm import BAD, GOOD, cpu_config, noisy_task, one_thread, tiny_prm, trainable_state  # noqa: E402,F401
 
 from dreamprm_trl import FunctionStepPRMConfig, FunctionStepPRMTrainer  # noqa: E402
 from dreamprm_trl.correction import LabelTable  # noqa: E402
@@ -23,20 +23,9 @@ from dreamprm_trl.modeling import step_loss  # noqa: E402
 SCRIPTS = os.path.join(os.path.dirname(__file__), "scripts")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _config(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", save_strategy="no",
-                disable_tqdm=True, logging_steps=1, learning_rate=1e-2, meta_batch_size=4, meta_learning_rate=0.1,
-                meta_warmup_steps=0)
-    base.update(kw)
-    return FunctionStepPRMConfig(**base)
+    return cpu_config(tmp_path, **{**dict(meta_learning_rate=0.1, meta_warmup_steps=0), **kw})
 
 
 def _losses(trainer):

@@ -12,7 +12,7 @@ from peft import LoraConfig
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "scripts"))
 
-from tiny_prm import BAD, GOOD, noisy_task, tiny_prm  # noqa: E402
+from tiny_prm import BAD, GOOD, cpu_config, noisy_task, one_thread, tiny_prm  # noqa: E402,F401
 
 from dreamprm_trl import FunctionStepPRMConfig, FunctionStepPRMTrainer  # noqa: E402
 from dreamprm_trl.backbones import tiny_causal_backbone  # noqa: E402
@@ -25,19 +25,9 @@ STEPS = [[GOOD[0], BAD[1]], [GOOD[2]], [BAD[0], GOOD[1], GOOD[3]]]
 LABELS = [[True, False], [True], [False, True, True]]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _config(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", save_strategy="no",
-                disable_tqdm=True, logging_steps=1, learning_rate=1e-2, meta_batch_size=4, meta_method="none")
-    base.update(kw)
-    return FunctionStepPRMConfig(**base)
+    return cpu_config(tmp_path, **{**dict(meta_method="none"), **kw})
 
 
 def _backbone():

@@ -5,9 +5,11 @@ from __future__ import annotations
 import random
 
 import datasets
+import pytest
 import torch
 
 from dreamprm_trl.backbones import tiny_causal_backbone
+from dreamprm_trl.config import FunctionStepPRMConfig
 from dreamprm_trl.modeling import FunctionStepPRM
 
 GOOD = [f"def good_{i}(x):\n    return x + {i}\n" for i in range(4)]
@@ -57,3 +59,19 @@ def noisy_task(n_train: int = 16, n_meta: int = 16, flip: float = 0.3, seed: int
 
 def trainable_state(prm: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in prm.named_parameters() if p.requires_grad}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest (and most reproducibly) on one thread; import this fixture into a test module."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def cpu_config(tmp_path, **kw) -> FunctionStepPRMConfig:
+    """A quiet CPU training config for the tiny PRMs (no saving, no reporting); ``kw`` overrides any field."""
+    base = dict(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", save_strategy="no",
+                disable_tqdm=True, logging_steps=1, learning_rate=1e-2, meta_batch_size=4)
+    return FunctionStepPRMConfig(**{**base, **kw})
