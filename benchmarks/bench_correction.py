@@ -106,15 +106,13 @@ def make_prm(seed: int, texts: list[str] | None = None, vocab_size: int = 300) -
     return FunctionStepPRM.from_backbone(body, tok)
 
 
-def train(task: dict, labels: list[list[float]], method: str, batch: int, steps: int, seed: int, tmp: str,
-          max_length: int = 1024):
+def train(task: dict, labels: list[list[float]], method: str, batch: int, steps: int, seed: int, tmp: str):
     rows = [dict(r, mc_labels=y) for r, y in zip(task["train"], labels)]
     cols = ["task_id", "prompt", "steps", "mc_labels", FIXED_LABEL_COLUMN]
     ds = datasets.Dataset.from_list([{k: r[k] for k in cols} for r in rows])
     args = FunctionStepPRMConfig(
         output_dir=tmp, use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=10,
         learning_rate=3e-3, per_device_train_batch_size=batch, max_steps=steps, seed=seed, meta_method=method,
-        max_length=max_length,
     )
     trainer = FunctionStepPRMTrainer(make_prm(seed, task.get("texts"), task.get("vocab_size", 300)), args, train_dataset=ds,
                                      meta_dataset=datasets.Dataset.from_list(task["meta"]))
@@ -247,13 +245,16 @@ def markdown_ranking(table: list[dict]) -> list[str]:
     return lines
 
 
-def classeval_part(n_tasks: int = 12, rollouts: int = 4, steps: int = 100, seed: int = 0) -> dict:
+def classeval_part(n_tasks: int = 12, rollouts: int = 4, steps: int = 100, seed: int = 0,
+                   max_chars: int = 2500) -> dict:
     """MC and corrected labels of real ClassEval trajectories against ``step_ground_truth`` (non-final steps).
 
     A seeded third of ``n_tasks`` sampled tasks gives the meta set (all 25 bundled candidates, clean verdicts from
     ``label_final``); the rest give 2 parsable candidates each, labelled by ``label_steps`` (PoolGenerator over the
-    task's candidates, ``rollouts`` per prefix). A tiny PRM (tokenizer trained on these programs, max_length 768)
-    is trained as in the synthetic cells with ``none`` and ``label_correction``.
+    task's candidates, ``rollouts`` per prefix; candidates of at most ``max_chars`` characters, so that most fit the
+    default ``max_length``). A tiny PRM (tokenizer of 2048 tokens trained on these programs) is trained as in the
+    synthetic cells with ``none`` and ``label_correction``; a row longer than ``max_length`` is dropped by the
+    collator and its PRM predictions (NaN) are left out of that row's agreement.
     """
     os.environ.setdefault("HF_ALLOW_CODE_EVAL", "1")
     from dreamprm_trl.execution import SandboxedExecutor
@@ -275,20 +276,21 @@ def classeval_part(n_tasks: int = 12, rollouts: int = 4, steps: int = 100, seed:
             for r in meta_ds]
     trajectories = []
     for t in (sampled[i] for i in train_idx):
-        parsable = [c for c in pool[t] if all(s.kind != "block" for s in split_steps(c))]
+        parsable = [c for c in pool[t] if len(c) <= max_chars and all(s.kind != "block" for s in split_steps(c))]
         trajectories += [(t, c) for c in rng.sample(parsable, min(2, len(parsable)))]
-    rows = label_steps([problems[t] for t, _ in trajectories], trajectories, PoolGenerator(pool, seed=seed),
-                       rollouts=rollouts, executor=executor, progress=False).to_list()
+    rows = label_steps([problems[t] for t in dict.fromkeys(t for t, _ in trajectories)], trajectories,
+                       PoolGenerator(pool, seed=seed), rollouts=rollouts, executor=executor, progress=False).to_list()
     truth = [step_ground_truth(problems[r["task_id"]], r["code"], per_test=r["per_test"]) for r in rows]
     labelled = time.time() - start
+    print(f"classeval: {len(rows)} trajectories, {len(meta)} meta programs labelled in {labelled:.0f}s", flush=True)
     task = {"train": [dict(r, truth=t) for r, t in zip(rows, truth)], "meta": meta,
             "texts": [r["prompt"] for r in rows + meta] + ["".join(r["steps"]) for r in rows + meta],
             "vocab_size": 2048}
     mc = [r["mc_labels"] for r in rows]
     with tempfile.TemporaryDirectory() as tmp:
-        plain = train(task, mc, "none", 8, steps, seed, tmp, max_length=768)
+        plain = train(task, mc, "none", 8, steps, seed, tmp)
         preds = step_predictions(plain.model, task["train"])
-        corrected = train(task, mc, "label_correction", 8, steps, seed, tmp, max_length=768).corrected_labels()
+        corrected = train(task, mc, "label_correction", 8, steps, seed, tmp).corrected_labels()
     out = {"tasks_train": sorted({r["task_id"] for r in rows}), "tasks_meta": meta_tasks, "trajectories": len(rows),
            "meta_programs": len(meta), "meta_passed": sum(m["passed"] for m in meta), "rollouts": rollouts,
            "steps": steps, "labelling_s": labelled}
@@ -300,7 +302,8 @@ def classeval_part(n_tasks: int = 12, rollouts: int = 4, steps: int = 100, seed:
 
 def real_agreement(rows: list[dict], labels: list[list[float | None]]) -> dict:
     """MAE, wrong-side-of-0.5 rate and AUROC of non-final step labels against the rows' ``truth``."""
-    ys = [(y, t) for r, lab in zip(rows, labels) for y, t in zip(lab[:-1], r["truth"][:-1]) if y is not None]
+    ys = [(y, t) for r, lab in zip(rows, labels) for y, t in zip(lab[:-1], r["truth"][:-1])
+          if y is not None and np.isfinite(y)]
     y, t = np.array([a for a, _ in ys], dtype=float), np.array([b for _, b in ys])
     auroc = float(roc_auc_score(t, y)) if 0 < t.sum() < len(t) else float("nan")
     return {"steps": len(ys), "truth_positive": float(t.mean()), "mae": float(np.abs(y - t).mean()),
