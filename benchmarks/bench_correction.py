@@ -249,12 +249,13 @@ def classeval_part(n_tasks: int = 12, rollouts: int = 4, steps: int = 100, seed:
                    max_chars: int = 2500) -> dict:
     """MC and corrected labels of real ClassEval trajectories against ``step_ground_truth`` (non-final steps).
 
-    A seeded third of ``n_tasks`` sampled tasks gives the meta set (all 25 bundled candidates, clean verdicts from
-    ``label_final``); the rest give 2 parsable candidates each, labelled by ``label_steps`` (PoolGenerator over the
+    A seeded third of ``n_tasks`` sampled tasks gives the meta set (all 25 bundled candidates and the reference
+    solution, clean verdicts from ``label_final``: candidates alone pass ~5 %); the rest give 2 parsable candidates each, labelled by ``label_steps`` (PoolGenerator over the
     task's candidates, ``rollouts`` per prefix; candidates of at most ``max_chars`` characters, so that most fit the
     default ``max_length``). A tiny PRM (tokenizer of 2048 tokens trained on these programs) is trained as in the
     synthetic cells with ``none`` and ``label_correction``; a row longer than ``max_length`` is dropped by the
-    collator and its PRM predictions (NaN) are left out of that row's agreement.
+    collator and its PRM predictions (NaN) are left out of that row's agreement. The PRM gets no task description
+    (prompt ``#``): a from-scratch 1-layer model cannot read a 2000-character skeleton, and rows stay short.
     """
     os.environ.setdefault("HF_ALLOW_CODE_EVAL", "1")
     from dreamprm_trl.execution import SandboxedExecutor
@@ -270,10 +271,10 @@ def classeval_part(n_tasks: int = 12, rollouts: int = 4, steps: int = 100, seed:
     train_idx, meta_idx = split_by_task(sampled, meta_fraction=1 / 3, seed=seed)
     executor = SandboxedExecutor(timeout=3.0, progress=False)
     meta_tasks = [sampled[i] for i in meta_idx]
-    meta_ds = label_final([problems[t] for t in meta_tasks], {t: pool[t] for t in meta_tasks}, executor=executor,
-                          progress=False)
-    meta = [{"task_id": r["task_id"], "prompt": r["prompt"], "steps": r["steps"], "passed": r["passed"]}
-            for r in meta_ds]
+    meta_ds = label_final([problems[t] for t in meta_tasks],
+                          {t: pool[t] + [problems[t].metadata["solution_code"]] for t in meta_tasks},
+                          executor=executor, progress=False)
+    meta = [{"task_id": r["task_id"], "prompt": PROMPT, "steps": r["steps"], "passed": r["passed"]} for r in meta_ds]
     trajectories = []
     for t in (sampled[i] for i in train_idx):
         parsable = [c for c in pool[t] if len(c) <= max_chars and all(s.kind != "block" for s in split_steps(c))]
@@ -283,8 +284,8 @@ def classeval_part(n_tasks: int = 12, rollouts: int = 4, steps: int = 100, seed:
     truth = [step_ground_truth(problems[r["task_id"]], r["code"], per_test=r["per_test"]) for r in rows]
     labelled = time.time() - start
     print(f"classeval: {len(rows)} trajectories, {len(meta)} meta programs labelled in {labelled:.0f}s", flush=True)
-    task = {"train": [dict(r, truth=t) for r, t in zip(rows, truth)], "meta": meta,
-            "texts": [r["prompt"] for r in rows + meta] + ["".join(r["steps"]) for r in rows + meta],
+    task = {"train": [dict(r, truth=t, prompt=PROMPT) for r, t in zip(rows, truth)], "meta": meta,
+            "texts": [PROMPT] + ["".join(r["steps"]) for r in rows + meta],
             "vocab_size": 2048}
     mc = [r["mc_labels"] for r in rows]
     with tempfile.TemporaryDirectory() as tmp:
