@@ -17,8 +17,13 @@ PRM trained on those predictions). Columns: MAE and wrong-side-of-0.5 rate of th
 (reweighting: weighted by its learned weights), reranked pass@1 of each PRM, and the paired bootstrap CI of
 corrected minus noisy pass@1 (problems pooled over seeds).
 
-    nice -n 10 python benchmarks/bench_correction.py            # full table (~15 min on one core)
-    nice -n 10 python benchmarks/bench_correction.py --quick    # one seed, two settings
+Part ``ranking`` repeats the cells on unmarked steps (``vocabulary="hidden"``: 32 good and 32 bad strings, a seeded
+random map) with 200 held-out problems x 8 candidates, where the marked task's ranking saturates. Part
+``classeval`` compares MC and corrected labels of real ClassEval trajectories with ``step_ground_truth``.
+
+    nice -n 10 python benchmarks/bench_correction.py                      # all parts (~8 min on one shared core)
+    nice -n 10 python benchmarks/bench_correction.py --part ranking       # one part; the others are kept
+    nice -n 10 python benchmarks/bench_correction.py --quick              # one seed, fewer settings
 """
 
 from __future__ import annotations
