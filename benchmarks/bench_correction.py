@@ -119,7 +119,8 @@ def train(task: dict, labels: list[list[float]], method: str, batch: int, steps:
         output_dir=tmp, use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=10,
         learning_rate=3e-3, per_device_train_batch_size=batch, max_steps=steps, seed=seed, meta_method=method,
     )
-    trainer = FunctionStepPRMTrainer(make_prm(seed, task.get("texts"), task.get("vocab_size", 300)), args, train_dataset=ds,
+    prm = make_prm(seed, task.get("texts"), task.get("vocab_size", 300))
+    trainer = FunctionStepPRMTrainer(prm, args, train_dataset=ds,
                                      meta_dataset=datasets.Dataset.from_list(task["meta"]))
     trainer.train()
     return trainer
@@ -255,7 +256,8 @@ def classeval_part(n_tasks: int = 12, rollouts: int = 4, steps: int = 100, seed:
     """MC and corrected labels of real ClassEval trajectories against ``step_ground_truth`` (non-final steps).
 
     A seeded third of ``n_tasks`` sampled tasks gives the meta set (all 25 bundled candidates and the reference
-    solution, clean verdicts from ``label_final``: candidates alone pass ~5 %); the rest give 2 parsable candidates each, labelled by ``label_steps`` (PoolGenerator over the
+    solution, clean verdicts from ``label_final``: candidates alone pass ~5 %); the rest give 2 parsable candidates
+    each, labelled by ``label_steps`` (PoolGenerator over the
     task's candidates, ``rollouts`` per prefix; candidates of at most ``max_chars`` characters, so that most fit the
     default ``max_length``). A tiny PRM (tokenizer of 2048 tokens trained on these programs) is trained as in the
     synthetic cells with ``none`` and ``label_correction``; a row longer than ``max_length`` is dropped by the
