@@ -97,6 +97,7 @@ def _trainer(prm, train, meta, meta_method: str, args: argparse.Namespace, devic
         output_dir="/tmp/bench_gpu", report_to="none", use_cpu=device == "cpu", disable_tqdm=True,
         bf16=device == "cuda", max_length=args.seq_len, per_device_train_batch_size=args.batch,
         meta_batch_size=args.batch, meta_method=meta_method, hypergradient="darts", meta_inner_learning_rate=1e-4,
+        meta_warmup_steps=0,  # every timed step is a meta step
     )
     return FunctionStepPRMTrainer(prm, config, train_dataset=datasets.Dataset.from_list(train),
                                   meta_dataset=datasets.Dataset.from_list(meta))

@@ -122,6 +122,7 @@ def _stepper(prm, train, meta, variant: str, batch: int):
     args = FunctionStepPRMConfig(
         output_dir="/tmp/bench_meta_step", report_to="none", use_cpu=device == "cpu", disable_tqdm=True,
         max_length=2048, per_device_train_batch_size=batch, meta_batch_size=batch, meta_interval=1,
+        meta_warmup_steps=0,
         meta_method="none" if variant == "plain" else "label_correction",
         hypergradient="exact" if variant == "exact" else "darts", meta_inner_learning_rate=1e-4,
     )
