@@ -23,8 +23,12 @@ import json
 import platform
 import random
 import statistics
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))  # the sibling benchmark's timing step, also when loaded by path
+from bench_meta_step import step_closure  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 K_STEPS = 8
@@ -107,15 +111,7 @@ def _timed_steps(trainer, inputs, repeats: int, warmup: int, device: str) -> tup
     """Median seconds of ``training_step`` on ``inputs`` and the peak allocated GiB (CUDA only)."""
     import torch
 
-    model = trainer.model
-    n_items = (inputs["step_labels"] != -100).sum()
-
-    def step():
-        model.zero_grad(set_to_none=True)
-        trainer.training_step(model, dict(inputs), n_items)
-        if device == "cuda":
-            torch.cuda.synchronize()
-
+    step = step_closure(trainer, inputs, device)
     for _ in range(warmup):
         step()
     if device == "cuda":

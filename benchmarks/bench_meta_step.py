@@ -129,6 +129,16 @@ def _stepper(prm, train, meta, variant: str, batch: int):
     trainer = FunctionStepPRMTrainer(prm, args, train_dataset=train, meta_dataset=meta)
     model = trainer.model.to(trainer.args.device)
     inputs = trainer.data_collator([dict(r) for r in trainer.train_dataset])
+    info = {"device": device, "tokens_per_row": int(inputs["attention_mask"].sum()) / batch,
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    return step_closure(trainer, inputs, device), info
+
+
+def step_closure(trainer, inputs: dict, device: str):
+    """One ``training_step`` of ``trainer`` on the fixed batch ``inputs``, synchronised on CUDA (also bench_gpu's)."""
+    import torch
+
+    model = trainer.model
     n_items = (inputs["step_labels"] != -100).sum()
 
     def step():
@@ -137,9 +147,7 @@ def _stepper(prm, train, meta, variant: str, batch: int):
         if device == "cuda":
             torch.cuda.synchronize()
 
-    info = {"device": device, "tokens_per_row": int(inputs["attention_mask"].sum()) / batch,
-            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-    return step, info
+    return step
 
 
 def _child_memory(backbone: str, variant: str, batch: int, step_lines: int, warmup: int) -> dict:

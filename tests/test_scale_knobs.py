@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "scripts"))
 from tiny_prm import BAD, GOOD, cpu_config, noisy_task, one_thread, tiny_prm, trainable_state  # noqa: E402,F401
 
 import dreamprm_trl.trainer as trainer_module  # noqa: E402
-from dreamprm_trl import FunctionStepPRMConfig, FunctionStepPRMTrainer  # noqa: E402
+from dreamprm_trl import FunctionStepPRMTrainer  # noqa: E402
 from dreamprm_trl.backbones import is_causal_backbone, tiny_causal_backbone  # noqa: E402
 from dreamprm_trl.scale import unscaled_grads  # noqa: E402
 
