@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .config import FunctionStepPRMConfig
+from .correction import split_by_task
 from .execution import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, SandboxedExecutor
 from .generation import PoolGenerator, make_generator
 from .labeling import label_final, label_steps, load_candidates, load_problems, step_ground_truth
@@ -200,13 +200,11 @@ class ExperimentArguments:
 
 # ----------------------------------------------------------------------------------------------------- data
 def split_problems(task_ids: Sequence[str], eval_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Deterministic split by problem: a task is held out when its seeded hash falls under ``eval_fraction``."""
+    """Deterministic split of distinct problems ``(kept, held_out)``: `correction.split_by_task`'s seeded hash rule."""
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}.")
-    ranked = sorted(task_ids, key=lambda t: hashlib.sha256(f"{seed}:{t}".encode()).hexdigest())
-    n_eval = max(1, round(len(ranked) * eval_fraction))
-    held = set(ranked[:n_eval])
-    return [t for t in task_ids if t not in held], [t for t in task_ids if t in held]
+    kept, held = split_by_task(task_ids, eval_fraction, seed)
+    return [task_ids[i] for i in kept], [task_ids[i] for i in held]
 
 
 def _classeval_pool() -> dict[str, list[str]]:
