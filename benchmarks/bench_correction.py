@@ -266,10 +266,10 @@ def classeval_part(n_tasks: int = 12, rollouts: int = 4, steps: int = 100, seed:
     """
     os.environ.setdefault("HF_ALLOW_CODE_EVAL", "1")
     from dreamprm_trl.execution import SandboxedExecutor
-    from dreamprm_trl.generation import PoolGenerator
     from dreamprm_trl.labeling import label_final, label_steps, step_ground_truth
+    from dreamprm_trl.labeling.generators import PoolGenerator
     from dreamprm_trl.steps import split_steps
-    from dreamprm_trl.tasks import load_bundled_classeval, load_bundled_classeval_candidates
+    from dreamprm_trl.problems import load_bundled_classeval, load_bundled_classeval_candidates
 
     start, rng = time.time(), random.Random(seed)
     problems = {p.task_id: p for p in load_bundled_classeval()}

@@ -25,10 +25,10 @@ from pathlib import Path
 os.environ.setdefault("HF_ALLOW_CODE_EVAL", "1")
 
 from dreamprm_trl.execution import SandboxedExecutor, isolation  # noqa: E402
-from dreamprm_trl.generation import PoolGenerator  # noqa: E402
 from dreamprm_trl.labeling import label_final, label_steps, step_ground_truth  # noqa: E402
+from dreamprm_trl.labeling.generators import PoolGenerator  # noqa: E402
 from dreamprm_trl.steps import split_steps  # noqa: E402
-from dreamprm_trl.tasks import load_bundled_classeval, load_bundled_classeval_candidates  # noqa: E402
+from dreamprm_trl.problems import load_bundled_classeval, load_bundled_classeval_candidates  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 

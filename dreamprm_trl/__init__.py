@@ -16,26 +16,26 @@ _EXPORTS = {
     "execute": "execution",
     "execute_many": "execution",
     "isolation": "execution",
-    "Problem": "tasks",
-    "load_humaneval": "tasks",
-    "load_mbpp": "tasks",
-    "load_classeval": "tasks",
-    "load_livecodebench": "tasks",
-    "problems_to_dataset": "tasks",
-    "problems_from_dataset": "tasks",
+    "Problem": "problems",
+    "load_humaneval": "problems",
+    "load_mbpp": "problems",
+    "load_classeval": "problems",
+    "load_livecodebench": "problems",
+    "problems_to_dataset": "problems",
+    "problems_from_dataset": "problems",
     "Step": "steps",
     "split_steps": "steps",
     "split_lines": "steps",
     "split_program": "steps",
     "step_prefixes": "steps",
-    "chain_of_function_prompt": "steps",
+    "chain_of_function_prompt": "prompts",
     "extract_code": "steps",
-    "COF_TEMPLATE_VERSION": "steps",
-    "Generator": "generation",
-    "PoolGenerator": "generation",
-    "TransformersGenerator": "generation",
-    "OpenAICompatibleGenerator": "generation",
-    "make_generator": "generation",
+    "COF_TEMPLATE_VERSION": "prompts",
+    "Generator": "labeling.generators",
+    "PoolGenerator": "labeling.generators",
+    "TransformersGenerator": "labeling.generators",
+    "OpenAICompatibleGenerator": "labeling.generators",
+    "make_generator": "labeling.generators",
     "label_final": "labeling",
     "label_steps": "labeling",
     "step_ground_truth": "labeling",
@@ -82,15 +82,13 @@ from .rerank import rerank  # noqa: E402
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .execution import ExecutionResult, SandboxedExecutor, TestSuite, execute, execute_many, isolation
-    from .tasks import (
+    from .problems import (
         Problem, load_classeval, load_humaneval, load_livecodebench, load_mbpp, problems_from_dataset,
         problems_to_dataset,
     )
-    from .steps import (
-        COF_TEMPLATE_VERSION, Step, chain_of_function_prompt, extract_code, split_lines, split_program,
-        split_steps, step_prefixes,
-    )
-    from .generation import (
+    from .steps import Step, extract_code, split_lines, split_program, split_steps, step_prefixes
+    from .prompts import COF_TEMPLATE_VERSION, chain_of_function_prompt
+    from .labeling.generators import (
         Generator, OpenAICompatibleGenerator, PoolGenerator, TransformersGenerator, make_generator,
     )
     from .labeling import label_final, label_steps, step_ground_truth

@@ -113,7 +113,8 @@ def _executor(args: argparse.Namespace):
 
 
 def _label_final(args: argparse.Namespace) -> int:
-    from .labeling import label_final, load_candidates, load_problems, save_labels
+    from .labeling import label_final, save_labels
+    from .problems import load_candidates, load_problems
 
     _require_opt_in(args)
     problems = _load("--problems", load_problems, args.problems)
@@ -127,8 +128,9 @@ def _label_final(args: argparse.Namespace) -> int:
 
 
 def _label_steps(args: argparse.Namespace) -> int:
-    from .generation import make_generator
-    from .labeling import label_steps, load_candidates, load_problems, save_labels
+    from .labeling import label_steps, save_labels
+    from .labeling.generators import make_generator
+    from .problems import load_candidates, load_problems
 
     _require_opt_in(args)
     if args.generator != "pool" and not args.model:
@@ -236,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input or a missing opt-in, not a bug: reported in one line, exit code 2."""
-    from .generation import GenerationError
+    from .labeling.generators import GenerationError
 
     return (ValueError, OSError, ImportError, GenerationError)
 

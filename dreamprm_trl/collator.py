@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from .schema import VERDICT
+
 logger = logging.getLogger(__name__)
 
 STEP_TOKEN = "<|step|>"
@@ -212,7 +214,7 @@ class ChainOfFunctionCollator:
 
     Output: ``input_ids``/``attention_mask`` (B, T) padded on the right; ``step_positions`` (B, S) long and
     ``step_labels`` (B, S) float, both -100 where there is no step/label; and when the rows have them
-    ``row_ids`` (from ``"row_id"``), ``final_labels`` (from ``"final_label"`` or ``"passed"``), ``weights``
+    ``row_ids`` (from ``"row_id"``), ``final_labels`` (from ``"passed"``), ``weights``
     (from ``"weight"``). A row without ``"steps"`` but with ``"code"`` is split with ``splitter``.
     Rows whose code alone exceeds ``max_length`` are dropped and counted in ``num_dropped`` (with a warning).
     """
@@ -301,9 +303,8 @@ class ChainOfFunctionCollator:
         kept_rows = [r for r, _, _ in kept]
         if rows and all("row_id" in r for r in rows):
             batch["row_ids"] = torch.tensor([int(r["row_id"]) for r in kept_rows], dtype=torch.long)
-        final_key = next((k for k in ("final_label", "passed") if rows and all(k in r for r in rows)), None)
-        if final_key:
-            batch["final_labels"] = torch.tensor([_label(r[final_key]) for r in kept_rows], dtype=torch.float)
+        if rows and all(VERDICT in r for r in rows):
+            batch["final_labels"] = torch.tensor([_label(r[VERDICT]) for r in kept_rows], dtype=torch.float)
         if rows and all("weight" in r for r in rows):
             batch["weights"] = torch.tensor([float(r["weight"]) for r in kept_rows], dtype=torch.float)
         return batch

@@ -3,7 +3,7 @@
 This is the logic behind ``accelerate launch examples/train.py`` and ``benchmarks/bench_quality.py`` (both only
 parse arguments and call :func:`run_experiment`). With no arguments it runs offline on bundled ClassEval
 (``--dataset classeval``): class-level programs whose methods are the steps (5 per program on average), 5 LLMs'
-candidates per task, Monte-Carlo step labels from :class:`~dreamprm_trl.generation.PoolGenerator`, and
+candidates per task, Monte-Carlo step labels from :class:`~dreamprm_trl.labeling.generators.PoolGenerator`, and
 method-level tests that give every step its true label. ``--dataset humaneval`` (CodeGen-16B candidates, almost all
 single-function programs) and ``--dataset both`` stay available.
 
@@ -45,13 +45,13 @@ from typing import Any, Callable, Sequence
 from .config import FunctionStepPRMConfig
 from .correction import split_by_task
 from .execution import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, SandboxedExecutor
-from .generation import PoolGenerator, make_generator
-from .labeling import label_final, label_steps, load_candidates, load_problems, step_ground_truth
+from .labeling import label_final, label_steps, step_ground_truth
+from .labeling.generators import PoolGenerator, make_generator
 from .metrics import bootstrap_ci, label_agreement, per_problem_reranked, rerank_metrics, scaling_curve
 from .modeling import FunctionStepPRM
 from .rerank import Ranked, public_test_verdicts, ranking_values
-from .steps import _parse, get_splitter
-from .tasks import Problem, load_bundled_classeval_candidates
+from .problems import Problem, load_bundled_classeval_candidates, load_candidates, load_problems
+from .steps import get_splitter, parses
 from .trainer import FunctionStepPRMTrainer
 
 logger = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class ExperimentArguments:
 
     dataset: str = field(default="classeval", metadata={"help": "Bundled data to run on.", "choices": DATASETS})
     problems: str | None = field(
-        default=None, metadata={"help": "A problems file/dir (labeling.load_problems) instead of --dataset."}
+        default=None, metadata={"help": "A problems file/dir (problems.load_problems) instead of --dataset."}
     )
     candidates: str | None = field(
         default=None, metadata={"help": "A JSONL of candidates (with --problems) instead of the bundled ones."}
@@ -385,11 +385,6 @@ def filtered(scores: list[list[float]], keep: list[list[bool | None]]) -> list[l
     order each group (the rule of `rerank` with public tests)."""
     return [ranking_values([Ranked(i, "", s, public_pass=k) for i, (s, k) in enumerate(zip(ss, ks))])
             for ss, ks in zip(scores, keep)]
-
-
-def parses(code: str) -> bool:
-    """Whether ``code`` is valid Python (the "parses" filter)."""
-    return _parse(code) is not None
 
 
 def score_groups(prm: FunctionStepPRM, problems: list[Problem], groups: list[list[str]], splitter: Callable,

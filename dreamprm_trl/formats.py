@@ -4,7 +4,7 @@ Accepted formats (the README's "Dataset formats" section documents the same tabl
 
 - **step rows** (this library's): ``{"prompt", "steps" | "code", "labels" | "mc_labels"}``;
 - **TRL ``stepwise_supervision``**: ``{"prompt", "completions", "labels"}`` with booleans or floats;
-- meta rows: ``{"prompt", "steps" | "code" | "completions", "passed" | "final_label"}``;
+- meta rows: ``{"prompt", "steps" | "code" | "completions", "passed"}``;
 - evaluation rows: step rows (-> ``eval_loss``) and/or candidate groups ``{"task_id", "passed", ...}``.
 
 In every format ``prompt`` may be a string or a conversation (a list of ``{"role", "content"}`` messages, TRL's
@@ -18,15 +18,14 @@ from typing import Any
 
 from datasets import Dataset, IterableDataset
 
-STEP_COLUMNS = ("steps", "code", "completions")
-LABEL_COLUMNS = ("labels", "mc_labels")
-VERDICT_COLUMNS = ("passed", "final_label")
+from .schema import STEP_COLUMNS, TASK_ID, VERDICT
+from .schema import label_key as schema_label_key
 FORMATS = {
     "train": (
         "step rows {'prompt': str, 'steps': list[str] (or 'code': str), 'labels' or 'mc_labels': list[float]}",
         "TRL stepwise_supervision {'prompt': str, 'completions': list[str], 'labels': list[bool | float]}",
     ),
-    "meta": ("whole programs {'prompt': str, 'steps'/'code'/'completions', 'passed' or 'final_label': bool}",),
+    "meta": ("whole programs {'prompt': str, 'steps'/'code'/'completions', 'passed': bool}",),
     "eval": (
         "step rows as for train_dataset (-> eval_loss)",
         "candidate groups {'task_id', 'prompt', 'steps'/'code'/'completions', 'passed'} (-> reranked pass@1)",
@@ -54,8 +53,8 @@ def _format_error(name: str, role: str, columns: list[str], missing: str) -> Val
 
 def label_column(columns: list[str], label_key: str | None, name: str = "train_dataset") -> str:
     """The step-label column: ``label_key`` if set, else ``labels`` then ``mc_labels``; raises naming the column."""
-    key = label_key or next((k for k in LABEL_COLUMNS if k in columns), None)
-    if key is None or key not in columns:
+    key = schema_label_key(columns, label_key)
+    if key is None:
         missing = f"the step-label column {label_key!r} (FunctionStepPRMConfig.label_key)" if label_key else (
             "a step-label column ('labels' or 'mc_labels')")
         raise _format_error(name, "train", columns, missing)
@@ -70,11 +69,11 @@ def validate_columns(dataset: Any, role: str, name: str, label_key: str | None =
     if role == "train":
         return label_column(cols, label_key, name)
     if role == "meta":
-        if not any(c in cols for c in VERDICT_COLUMNS):
-            raise _format_error(name, role, cols, "a unit-test verdict column ('passed' or 'final_label')")
+        if VERDICT not in cols:
+            raise _format_error(name, role, cols, f"a unit-test verdict column ('{VERDICT}')")
         return None
-    key = label_key if label_key in cols else next((k for k in LABEL_COLUMNS if k in cols), None)
-    if key is None and not {"task_id", "passed"} <= set(cols):
+    key = label_key if label_key in cols else schema_label_key(cols)
+    if key is None and not {TASK_ID, VERDICT} <= set(cols):
         raise _format_error(name, role, cols, "step labels ('labels'/'mc_labels') or candidate groups "
                             "('task_id' and 'passed')")
     return key

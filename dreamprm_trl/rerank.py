@@ -239,17 +239,16 @@ def best_of_n(prm: StepScorer, problem: Any, candidates: Sequence[str], **kwargs
 def _candidate_rows(spec: Any, problems: Sequence[Any]) -> dict[str, list[dict]]:
     """Per task, the candidate programs (``code``) with the other fields of their input rows, in file order.
 
-    Programs come from `labeling.load_candidates` (the one reader of candidate files); for the bundled HumanEval
+    Programs come from `problems.load_candidates` (the one reader of candidate files); for the bundled HumanEval
     candidates, ``passed`` is the shipped reference label and ``sample_idx`` the sample's position.
     """
     from pathlib import Path
 
-    from .labeling import load_candidates
-    from .tasks import read_rows
+    from .problems import load_candidates, read_rows
 
     codes = load_candidates(spec, problems)
     if spec == "humaneval":
-        from .tasks import load_bundled_humaneval_reference_labels
+        from .problems import load_bundled_humaneval_reference_labels
 
         labels = load_bundled_humaneval_reference_labels()
         extras = {t: [{"sample_idx": i, "passed": p} for i, p in enumerate(labels[t])] for t in codes}
@@ -293,9 +292,9 @@ def rerank_file(
     Args:
         model: a PRM object, or a local directory / Hub id loaded with `load_prm` (its saved step splitter
             and aggregation are the defaults).
-        problems: a list of `Problem`, or a spec for `labeling.load_problems` (``"humaneval"``,
+        problems: a list of `Problem`, or a spec for `problems.load_problems` (``"humaneval"``,
             ``"classeval"``, a ``save_to_disk`` directory or a JSON/JSONL(.gz) file of ``Problem.to_row()`` rows).
-        candidates: a spec for `labeling.load_candidates`: ``"humaneval"`` / ``"classeval"`` (bundled) or a
+        candidates: a spec for `problems.load_candidates`: ``"humaneval"`` / ``"classeval"`` (bundled) or a
             JSONL(.gz) file of rows with ``task_id`` and ``code`` (full program) or ``completion`` (joined to the
             problem's ``starter_code``). Other fields (e.g. ``passed``, ``sample_idx``) are copied to the output.
         out: output JSON Lines: the input fields plus the full ``code``, ``rank``, ``candidate_index``, ``score``,
@@ -316,7 +315,7 @@ def rerank_file(
     """
     spec = problems
     if isinstance(problems, (str, os.PathLike)):
-        from .labeling import load_problems
+        from .problems import load_problems
 
         problems = load_problems(str(problems))
     problems = list(problems)

@@ -16,7 +16,7 @@ import pytest
 from dreamprm_trl.cli import main
 from dreamprm_trl.execution import TestSuite
 from dreamprm_trl.rerank import rerank_file
-from dreamprm_trl.tasks import Problem
+from dreamprm_trl.problems import Problem
 
 ADD = Problem("add", "Add two numbers.", tests=TestSuite.asserts(["assert add(1, 2) == 3"]), entry_point="add")
 GOOD = "def add(a, b):\n    return a + b\n"

@@ -429,7 +429,7 @@ class TestStack(unittest.TestCase):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_proxy_keeps_object_semantics_and_prelude(mode):
-    from dreamprm_trl.tasks import PRELUDES
+    from dreamprm_trl.problems import PRELUDES
 
     lcb = PRELUDES["livecodebench"]
     prelude_stdio = TestSuite.stdio(["3"], ["[3]"], prelude="from typing import *")

@@ -161,7 +161,7 @@ def test_function_step_prm_push_to_hub_then_from_pretrained_scores_identically(l
 
     # The CLI takes the Hub id too: `dreamprm-code rerank --model org/tiny-prm ...`
     from dreamprm_trl.cli import main
-    from dreamprm_trl.tasks import Problem
+    from dreamprm_trl.problems import Problem
 
     (tmp_path / "problems.jsonl").write_text(json.dumps(Problem(task_id="t", prompt="Add two numbers.").to_row()))
     (tmp_path / "cands.jsonl").write_text("".join(json.dumps({"task_id": "t", "code": c}) + "\n" for c in code))

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from dreamprm_trl.execution import SandboxedExecutor, TestSuite
-from dreamprm_trl.generation import PoolGenerator
 from dreamprm_trl.labeling import (
     LabelCache,
     label_final,
@@ -24,7 +23,8 @@ from dreamprm_trl.labeling import (
     shard_of,
     step_ground_truth,
 )
-from dreamprm_trl.tasks import Problem
+from dreamprm_trl.labeling.generators import PoolGenerator
+from dreamprm_trl.problems import Problem
 
 # main(x) = helper_a(x) + helper_b(x) must equal 3x + 1: a = 2x and b = x + 1 (or the equivalent a2 / b2).
 MAIN = "def main(x):\n    return helper_a(x) + helper_b(x)\n\n"
@@ -68,8 +68,8 @@ def test_mc_labels_equal_hand_computed_pass_rates(executor):
         good, bad = rows[POOL["t"][0]], rows[POOL["t"][2]]
         assert good["mc_labels"] == [0.25, 0.5, 1.0] and bad["mc_labels"] == [0.5, 0.0, 0.0]
         assert good["rollout_counts"] == [m, m, 1] and good["pass_counts"] == [m // 4, m // 2, 1]
-        assert good["steps"] == [MAIN, A["g"], B["g"]] and good["final_label"] is True
-        assert bad["final_label"] is False and good["per_test"] == [True, True]
+        assert good["steps"] == [MAIN, A["g"], B["g"]] and good["passed"] is True
+        assert bad["passed"] is False and good["per_test"] == [True, True]
         assert good["label_fixed"] == [False, False, True]  # the verdict is clean, never a meta-parameter
         assert json.loads(good["generator"])["type"] == "pool" and good["source"] == ""
         assert stats.programs_executed == 2 + 4 * m and stats.bad_rows == []
@@ -137,9 +137,9 @@ def test_cache_skips_finished_units_and_ignores_a_torn_last_line(tmp_path):
 SCRIPT = """
 import sys, time
 from dreamprm_trl.execution import SandboxedExecutor, TestSuite
-from dreamprm_trl.generation import PoolGenerator
 from dreamprm_trl.labeling import label_steps
-from dreamprm_trl.tasks import Problem
+from dreamprm_trl.labeling.generators import PoolGenerator
+from dreamprm_trl.problems import Problem
 sys.path.insert(0, {here!r})
 from test_labeling import POOL, PROBLEM
 
@@ -239,7 +239,7 @@ def test_step_ground_truth_is_cumulative_method_correctness(executor, add_ok, su
 
 
 def test_step_ground_truth_on_bundled_classeval_reference_solution(executor):
-    from dreamprm_trl.tasks import load_bundled_classeval
+    from dreamprm_trl.problems import load_bundled_classeval
 
     problem = next(p for p in load_bundled_classeval() if p.task_id == "ClassEval_0")
     code = "\n".join(problem.metadata["import_statement"]) + "\n\n" + problem.metadata["solution_code"]

@@ -20,7 +20,7 @@ from dreamprm_trl.rerank import (
     saved_splitter,
 )
 from dreamprm_trl.steps import split_steps
-from dreamprm_trl.tasks import Problem
+from dreamprm_trl.problems import Problem
 
 
 @dataclass

@@ -7,17 +7,16 @@ from types import SimpleNamespace
 
 import pytest
 
+from dreamprm_trl.prompts import COF_TEMPLATE_VERSION, chain_of_function_prompt
 from dreamprm_trl.steps import (
-    COF_TEMPLATE_VERSION,
     Step,
-    chain_of_function_prompt,
     extract_code,
     split_lines,
     split_program,
     split_steps,
     step_prefixes,
 )
-from dreamprm_trl.tasks import (
+from dreamprm_trl.problems import (
     load_bundled_classeval,
     load_bundled_classeval_candidates,
     load_bundled_humaneval_candidates,
@@ -363,6 +362,6 @@ def test_chain_of_function_prompts():
 def test_steps_module_imports_without_torch():
     import subprocess
 
-    code = "import sys, dreamprm_trl.steps, dreamprm_trl.tasks; assert 'torch' not in sys.modules; print('ok')"
+    code = "import sys, dreamprm_trl.steps, dreamprm_trl.prompts, dreamprm_trl.problems; assert 'torch' not in sys.modules; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "ok", out.stderr

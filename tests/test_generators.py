@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from dreamprm_trl.generation import (
+from dreamprm_trl.labeling.generators import (
     GenerationError,
     Generator,
     OpenAICompatibleGenerator,
@@ -162,7 +162,7 @@ class _Server:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with outer.lock:
-                    outer.requests.append((self.path, dict(self.headers), body))
+                    outer.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
                     outer.in_flight += 1
                     outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
                     step = outer.script.pop(0) if outer.script else None
@@ -208,7 +208,7 @@ def test_openai_completions_round_trip_sends_key_and_sampling(monkeypatch):
         outs = gen.generate(["a", "b"], n=3, temperature=0.3, max_new_tokens=7, stop=["#2"])
     assert outs == [["a#0", "a#1", "a"], ["b#0", "b#1", "b"]]  # choices re-ordered by index, cut at the stop text
     path, headers, body = server.requests[0]
-    assert path == "/v1/completions" and headers["Authorization"] == "Bearer sekret"
+    assert path == "/v1/completions" and headers["authorization"] == "Bearer sekret"
     assert body == {"model": "tiny", "n": 3, "temperature": 0.3, "max_tokens": 7, "prompt": body["prompt"],
                     "stop": ["#2"], "top_p": 0.9}
 
@@ -219,14 +219,14 @@ def test_openai_chat_mode_and_no_key(monkeypatch):
         gen = OpenAICompatibleGenerator("tiny", base_url=server.url, mode="chat")
         assert gen.generate(["hello"], n=2, temperature=0.0, max_new_tokens=4) == [["hello#0", "hello#1"]]
     path, headers, body = server.requests[0]
-    assert path == "/v1/chat/completions" and "Authorization" not in headers
+    assert path == "/v1/chat/completions" and "authorization" not in headers
     assert body["messages"] == [{"role": "user", "content": "hello"}]
 
 
 def test_openai_retries_429_and_5xx_honouring_retry_after():
     script = [(429, {"Retry-After": "0.3"}, "slow down"), (503, {}, "busy")]
     with _Server(script) as server:
-        gen = OpenAICompatibleGenerator("tiny", base_url=server.url, backoff=0.01)
+        gen = OpenAICompatibleGenerator("tiny", base_url=server.url)
         start = time.perf_counter()
         assert gen.generate(["x"], n=1, temperature=0.0, max_new_tokens=1) == [["x#0"]]
         elapsed = time.perf_counter() - start
@@ -235,17 +235,17 @@ def test_openai_retries_429_and_5xx_honouring_retry_after():
 
 def test_openai_4xx_raises_with_status_and_body_and_retries_run_out():
     with _Server([(400, {}, '{"error": "model tiny does not exist"}')]) as server:
-        gen = OpenAICompatibleGenerator("tiny", base_url=server.url, backoff=0.01)
+        gen = OpenAICompatibleGenerator("tiny", base_url=server.url)
         with pytest.raises(GenerationError, match=r"HTTP 400.*model tiny does not exist"):
             gen.generate(["x"], n=1, temperature=0.0, max_new_tokens=1)
         assert len(server.requests) == 1  # never retried
     with _Server([(500, {}, "boom")] * 3) as server:
-        gen = OpenAICompatibleGenerator("tiny", base_url=server.url, backoff=0.01, max_retries=2)
+        gen = OpenAICompatibleGenerator("tiny", base_url=server.url, max_retries=2)
         with pytest.raises(GenerationError, match=r"after 2 retries: HTTP 500: boom"):
             gen.generate(["x"], n=1, temperature=0.0, max_new_tokens=1)
         assert len(server.requests) == 3
         dead = server.url  # the port closes with the server
-    gen = OpenAICompatibleGenerator("tiny", base_url=dead, backoff=0.01, max_retries=1, timeout=2)
+    gen = OpenAICompatibleGenerator("tiny", base_url=dead, max_retries=1, timeout=2)
     with pytest.raises(GenerationError, match="Could not reach .* after 1 retries"):
         gen.generate(["x"], n=1, temperature=0.0, max_new_tokens=1)
 

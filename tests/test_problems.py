@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dreamprm_trl.execution import TestSuite
-from dreamprm_trl.tasks import (
+from dreamprm_trl.problems import (
     PRELUDES,
     Problem,
     docstring_asserts,
