@@ -10,6 +10,7 @@ failure (``runtime_error`` with the reason), is not cached (a rerun retries it),
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -243,7 +244,14 @@ def verdicts(items: list[Item], cache: LabelCache, stats: LabelingStats) -> list
     return out
 
 
-def setup(problems, trajectories, executor, shard, cache_dir):
+def setup(
+    problems: Iterable[Problem],
+    trajectories: Trajectories,
+    executor: SandboxedExecutor | None,
+    shard: tuple[int, int] | str,
+    cache_dir: str | os.PathLike | None,
+) -> tuple[SandboxedExecutor, LabelingStats, dict[str, Problem], list[tuple[str, str]], LabelCache]:
+    """Check the executor once, index the problems, keep this shard's trajectories and open the cache."""
     shard = parse_shard(shard)
     executor = default_executor(executor)
     executor.run_many([])  # the opt-in and sandbox checks raise here, before any work, not once per program
@@ -258,10 +266,12 @@ def setup(problems, trajectories, executor, shard, cache_dir):
 
 
 def verdict_units(items: list[Item]) -> list[dict[str, Any]]:
+    """One verdict unit (run the whole program once) per item."""
     return [{"key": i.final_key, "task_id": i.problem.task_id, "suite": i.suite, "code": i.code} for i in items]
 
 
 def to_dataset(rows: list[dict[str, Any]], columns: list[str]) -> Dataset:
+    """``rows`` as a Dataset; with no rows, an empty one that still has ``columns``."""
     if not rows:
         return Dataset.from_dict({c: [] for c in columns})
     return Dataset.from_list(rows)
