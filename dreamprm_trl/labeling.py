@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from datasets import Dataset
 from tqdm.auto import tqdm
 
-from .execution import ExecutionResult, SandboxedExecutor, TestSuite
+from .sandbox import ExecutionResult, SandboxedExecutor, TestSuite
 from .generation import Generator, RolloutRequest, complete_prefixes
 from .steps import Step, split_steps
 

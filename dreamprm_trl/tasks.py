@@ -27,7 +27,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from .execution import TestSuite
+from .sandbox import TestSuite
 
 # Code each benchmark's own harness runs before the program (``TestSuite.prelude``). MBPP: the evaluation harness
 # prepends ``from typing import *`` (annotations such as ``List[int]`` work without an import). LiveCodeBench:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dreamprm_trl.execution import TestSuite
+from dreamprm_trl.sandbox import TestSuite
 from dreamprm_trl.tasks import (
     PRELUDES,
     Problem,
