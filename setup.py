@@ -30,6 +30,7 @@ setup(
         "huggingface-hub>=1.0",
         "jinja2>=3",  # huggingface_hub.ModelCard.from_template renders the model card
         "tqdm",
+        "psutil>=5.9",  # host side of the sandbox: finding and killing what a program left running
         "numpy",
         "pyyaml",
     ],

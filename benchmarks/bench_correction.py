@@ -265,7 +265,7 @@ def classeval_part(n_tasks: int = 12, rollouts: int = 4, steps: int = 100, seed:
     (prompt ``#``): a from-scratch 1-layer model cannot read a 2000-character skeleton, and rows stay short.
     """
     os.environ.setdefault("HF_ALLOW_CODE_EVAL", "1")
-    from dreamprm_trl.execution import SandboxedExecutor
+    from dreamprm_trl.sandbox import SandboxedExecutor
     from dreamprm_trl.labeling import label_final, label_steps, step_ground_truth
     from dreamprm_trl.labeling.generators import PoolGenerator
     from dreamprm_trl.steps import split_steps

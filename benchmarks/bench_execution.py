@@ -21,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from dreamprm_trl.execution import DEFAULT_TIMEOUT, SandboxedExecutor, TestSuite, isolation
+from dreamprm_trl.sandbox import SandboxedExecutor, TestSuite, isolation
+from dreamprm_trl.sandbox.limits import DEFAULT_TIMEOUT
 
 ROOT = Path(__file__).resolve().parent
 SHARED = ROOT.parent.parent / "shared" / "data" / "humaneval_codegen16b"

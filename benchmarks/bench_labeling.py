@@ -24,7 +24,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_ALLOW_CODE_EVAL", "1")
 
-from dreamprm_trl.execution import SandboxedExecutor, isolation  # noqa: E402
+from dreamprm_trl.sandbox import SandboxedExecutor, isolation  # noqa: E402
 from dreamprm_trl.labeling import label_final, label_steps, step_ground_truth  # noqa: E402
 from dreamprm_trl.labeling.generators import PoolGenerator  # noqa: E402
 from dreamprm_trl.steps import split_steps  # noqa: E402

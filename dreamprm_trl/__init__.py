@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0.dev0"
 
 _EXPORTS = {
-    "TestSuite": "execution",
-    "ExecutionResult": "execution",
-    "SandboxedExecutor": "execution",
-    "execute": "execution",
-    "execute_many": "execution",
-    "isolation": "execution",
+    "TestSuite": "sandbox",
+    "ExecutionResult": "sandbox",
+    "SandboxedExecutor": "sandbox",
+    "execute": "sandbox",
+    "execute_many": "sandbox",
+    "isolation": "sandbox",
     "Problem": "problems",
     "load_humaneval": "problems",
     "load_mbpp": "problems",
@@ -81,7 +81,7 @@ from .rerank import rerank  # noqa: E402
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from .execution import ExecutionResult, SandboxedExecutor, TestSuite, execute, execute_many, isolation
+    from .sandbox import ExecutionResult, SandboxedExecutor, TestSuite, execute, execute_many, isolation
     from .problems import (
         Problem, load_classeval, load_humaneval, load_livecodebench, load_mbpp, problems_from_dataset,
         problems_to_dataset,

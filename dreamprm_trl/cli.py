@@ -63,7 +63,7 @@ def _load(flag: str, load: Callable[..., Any], *args: Any) -> Any:
 
 def _require_opt_in(args: argparse.Namespace) -> None:
     """Refuse, before any work, to run programs without ``--allow_code_execution`` (or the opt-in variable)."""
-    from .execution import OPT_IN_ENV
+    from .sandbox.limits import OPT_IN_ENV
 
     if not args.allow_code_execution and os.environ.get(OPT_IN_ENV, "") != "1":
         raise PermissionError(
@@ -95,7 +95,7 @@ def _add_labeling_args(p: argparse.ArgumentParser) -> None:
 
 def _add_sandbox_args(p: argparse.ArgumentParser) -> None:
     """The sandbox flags shared by every command that runs programs (defaults: `execution`'s)."""
-    from .execution import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT
+    from .sandbox.limits import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT
 
     p.add_argument("--timeout", type=_positive(float), default=DEFAULT_TIMEOUT, help="Seconds per test case.")
     p.add_argument("--memory_mb", type=_positive(int), default=DEFAULT_MEMORY_MB,
@@ -106,7 +106,7 @@ def _add_sandbox_args(p: argparse.ArgumentParser) -> None:
 
 
 def _executor(args: argparse.Namespace):
-    from .execution import SandboxedExecutor
+    from .sandbox import SandboxedExecutor
 
     return SandboxedExecutor(timeout=args.timeout, memory_mb=args.memory_mb, workers=args.workers, progress=False,
                              allow_code_execution=args.allow_code_execution)

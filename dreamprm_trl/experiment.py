@@ -44,7 +44,8 @@ from typing import Any, Callable, Sequence
 
 from .config import FunctionStepPRMConfig
 from .correction import split_by_task
-from .execution import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, SandboxedExecutor
+from .sandbox import SandboxedExecutor
+from .sandbox.limits import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT
 from .labeling import label_final, label_steps, step_ground_truth
 from .labeling.generators import PoolGenerator, make_generator
 from .metrics import bootstrap_ci, label_agreement, per_problem_reranked, rerank_metrics, scaling_curve

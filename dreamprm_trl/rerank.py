@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Protocol, Sequence
 
-from .execution import SandboxedExecutor, TestSuite
+from .sandbox import SandboxedExecutor, TestSuite
 from .metrics import rerank_metrics
 from .steps import get_splitter
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dreamprm_trl.cli import main
-from dreamprm_trl.execution import TestSuite
+from dreamprm_trl.sandbox import TestSuite
 from dreamprm_trl.rerank import rerank_file
 from dreamprm_trl.problems import Problem
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dreamprm_trl.execution import SandboxedExecutor, TestSuite
+from dreamprm_trl.sandbox import SandboxedExecutor, TestSuite
 from dreamprm_trl.labeling import (
     LabelCache,
     label_final,
@@ -136,7 +136,7 @@ def test_cache_skips_finished_units_and_ignores_a_torn_last_line(tmp_path):
 
 SCRIPT = """
 import sys, time
-from dreamprm_trl.execution import SandboxedExecutor, TestSuite
+from dreamprm_trl.sandbox import SandboxedExecutor, TestSuite
 from dreamprm_trl.labeling import label_steps
 from dreamprm_trl.labeling.generators import PoolGenerator
 from dreamprm_trl.problems import Problem
@@ -331,7 +331,7 @@ class PassAll(SandboxedExecutor):
         super().__init__(progress=False, allow_code_execution=True)
 
     def run_many(self, pairs):
-        from dreamprm_trl.execution import ExecutionResult
+        from dreamprm_trl.sandbox import ExecutionResult
 
         return [ExecutionResult(True, "passed", [True]) for _ in pairs]
 

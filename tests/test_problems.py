@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dreamprm_trl.execution import TestSuite
+from dreamprm_trl.sandbox import TestSuite
 from dreamprm_trl.problems import (
     PRELUDES,
     Problem,
@@ -389,7 +389,7 @@ def test_problem_rows_validate_fields():
         problems_from_dataset([dict(good, style="stdio")])
     with pytest.raises(ValueError, match=r"field 'metadata' must hold a JSON dict"):
         problems_from_dataset([dict(good, metadata="[]")])
-    with pytest.raises(TypeError, match="tests must be an execution.TestSuite"):
+    with pytest.raises(TypeError, match="tests must be an sandbox.TestSuite"):
         Problem("t", "p", tests=["assert 1"])
     assert Problem("t", "p", tests={"kind": "asserts", "assertions": ["assert 1"]}).tests == TestSuite.asserts(
         ["assert 1"]

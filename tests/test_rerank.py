@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from dreamprm_trl.execution import SandboxedExecutor, TestSuite
+from dreamprm_trl.sandbox import SandboxedExecutor, TestSuite
 from dreamprm_trl.metrics import rerank_metrics
 from dreamprm_trl.rerank import (
     best_of_n,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from datasets import Dataset
 
 from .. import schema
-from ..execution import SandboxedExecutor
+from ..sandbox import SandboxedExecutor
 from ..steps import Step, split_steps
 from .stats import LabelingStats, report
 from .units import (

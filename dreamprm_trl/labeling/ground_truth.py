@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from ..execution import SandboxedExecutor, TestSuite
+from ..sandbox import SandboxedExecutor, TestSuite
 from ..steps import Step, split_steps
 from .units import default_executor, suite_of
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from datasets import Dataset
 
 from .. import schema
-from ..execution import SandboxedExecutor
+from ..sandbox import SandboxedExecutor
 from ..steps import Step, split_steps
 from .cache import CACHE_VERSION, content_hash
 from .generators.base import Generator

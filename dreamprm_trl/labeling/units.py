@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from datasets import Dataset
 from tqdm.auto import tqdm
 
-from ..execution import ExecutionResult, SandboxedExecutor, TestSuite
+from ..sandbox import ExecutionResult, SandboxedExecutor, TestSuite
 from ..steps import Step
 from .cache import CACHE_VERSION, LabelCache, MemoryCache, content_hash, parse_shard, shard_of
 from .generators.base import Generator, RolloutRequest, complete_prefixes

@@ -2,7 +2,7 @@
 
 - `problem`: `Problem`, the benchmark preludes, and the round trip through ``datasets.Dataset`` rows;
 - `humaneval`, `mbpp`, `classeval`, `livecodebench`: one loader per benchmark, each returning ``list[Problem]``
-  whose ``tests`` is an ``execution.TestSuite``; bad rows raise ``ValueError`` naming the file, row and field;
+  whose ``tests`` is an ``sandbox.TestSuite``; bad rows raise ``ValueError`` naming the file, row and field;
 - `bundled`: the shipped ClassEval tasks and the HumanEval / ClassEval candidates;
 - `rows`: the one reader of JSON / JSON Lines row files; `files`: problems and candidates named by a CLI spec.
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import textwrap
 
-from ..execution import TestSuite
+from ..sandbox import TestSuite
 from .fields import need_str, need_str_list, opt_str
 from .problem import Problem
 from .rows import read_rows

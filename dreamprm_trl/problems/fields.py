@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..execution import TestSuite
+from ..sandbox import TestSuite
 
 
 

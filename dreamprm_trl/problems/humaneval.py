@@ -8,7 +8,7 @@ import os
 import re
 from pathlib import Path
 
-from ..execution import TestSuite
+from ..sandbox import TestSuite
 from .fields import need_str, opt_str
 from .problem import Problem
 from .rows import read_rows

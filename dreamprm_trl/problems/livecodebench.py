@@ -18,7 +18,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from ..execution import TestSuite
+from ..sandbox import TestSuite
 from .fields import json_field, need_str, opt_str
 from .problem import PRELUDES, Problem
 from .rows import read_rows

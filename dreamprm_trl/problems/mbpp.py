@@ -6,7 +6,7 @@ import ast
 import builtins
 import os
 
-from ..execution import TestSuite
+from ..sandbox import TestSuite
 from .fields import need_str, need_str_list, opt_str
 from .problem import PRELUDES, Problem
 from .rows import read_rows

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..execution import TestSuite
+from ..sandbox import TestSuite
 from .fields import json_field, need_str, opt_str, suite_field
 
 # Code each benchmark's own harness runs before the program (``TestSuite.prelude``). MBPP: the evaluation harness
@@ -61,7 +61,7 @@ class Problem:
                 setattr(self, name, TestSuite.from_dict(value))
             elif value is not None and not isinstance(value, TestSuite):
                 raise TypeError(
-                    f"Problem {self.task_id!r}: {name} must be an execution.TestSuite or None, "
+                    f"Problem {self.task_id!r}: {name} must be an sandbox.TestSuite or None, "
                     f"got {type(value).__name__}"
                 )
 

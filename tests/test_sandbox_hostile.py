@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from dreamprm_trl import execution
-from dreamprm_trl.execution import TestSuite, execute, execute_many, isolation
+import dreamprm_trl
+from dreamprm_trl.sandbox import TestSuite, execute, execute_many, isolation
+from dreamprm_trl.sandbox import confinement, workdir
 
-HAS_BWRAP = execution._bwrap_works() is not None
+HAS_BWRAP = confinement.bwrap_works() is not None
 MODES = ["bwrap", "rlimits"] if HAS_BWRAP else ["rlimits"]
 needs_bwrap = pytest.mark.skipif(not HAS_BWRAP, reason="bubblewrap not available")
 
@@ -102,7 +103,7 @@ def add(a, b):
 import sys, unittest.mock
 def attack():
     pass
-proxy = sys.modules.get("_sandbox_proxy")
+proxy = sys.modules.get("_sandbox_harness.proxy")
 if proxy is not None:  # send it as a name for the test process to look up itself
     proxy.named = lambda obj: ["unittest.mock", "ANY"] if obj is unittest.mock.ANY else None
 def add(a, b):
@@ -226,10 +227,10 @@ def test_skips_are_decided_before_the_program_runs(mode, tmp_path):
 # ----------------------------------------------------------------------------------------------- batch survival
 @pytest.mark.parametrize("mode", MODES)
 def test_deep_trees_and_host_errors_do_not_lose_the_batch(mode, monkeypatch, scratch):
-    monkeypatch.setattr(execution, "_scratch_root", lambda: str(scratch))
+    monkeypatch.setattr(workdir, "scratch_root", lambda: str(scratch))
     nested = "import os\nfor _ in range(1500):\n    os.mkdir('d')\n    os.chdir('d')\nprint(1)\n"
     good = ("print(int(input()) + 1)\n", TestSuite.stdio(["1"], ["2"]))
-    real_env = execution._sandbox_env
+    real_env = confinement.sandbox_env
     calls = []
 
     def flaky_env(work, marker):
@@ -238,7 +239,7 @@ def test_deep_trees_and_host_errors_do_not_lose_the_batch(mode, monkeypatch, scr
             raise OSError(24, "Too many open files")
         return real_env(work, marker)
 
-    monkeypatch.setattr(execution, "_sandbox_env", flaky_env)
+    monkeypatch.setattr(confinement, "sandbox_env", flaky_env)
     results = execute_many([(nested, TestSuite.stdio([""], ["1"])), good, good, good], workers=1, progress=False, sandbox=mode)
     assert [r.status for r in results] == ["passed", "passed", "runtime_error", "passed"], results
     assert "executor error: OSError" in results[2].reason and "Too many open files" in results[2].reason
@@ -246,8 +247,8 @@ def test_deep_trees_and_host_errors_do_not_lose_the_batch(mode, monkeypatch, scr
 
 
 def test_a_work_dir_that_cannot_be_removed_is_the_programs_status(monkeypatch):
-    real, kept = execution._rmtree, []
-    monkeypatch.setattr(execution, "_rmtree", lambda path: kept.append(path) or f"{path} is still there")
+    real, kept = workdir.rmtree, []
+    monkeypatch.setattr(workdir, "rmtree", lambda path: kept.append(path) or f"{path} is still there")
     r = execute("print(1)", TestSuite.stdio([""], ["1"]), sandbox=MODES[-1])
     assert [real(path) for path in kept] == [None]  # (the test's own clean-up)
     assert (r.status, r.passed) == ("runtime_error", False)
@@ -267,7 +268,7 @@ def test_rmtree_handles_1500_nested_dirs_and_unsearchable_folders(scratch):
     finally:
         os.close(fd)
     os.chmod(path, 0o000)
-    assert execution._rmtree(str(path)) is None
+    assert workdir.rmtree(str(path)) is None
     assert not path.exists()
 
 
@@ -278,7 +279,7 @@ def test_bwrap_hides_test_data_repository_and_home(tmp_path):
     problems.write_text('{"expected": "42"}\n')
     home_file = Path.home() / f".dreamprm_hostile_{uuid.uuid4().hex}"
     home_file.write_text("credential")
-    repo_file = Path(execution.__file__).resolve().parents[1] / "tests" / "test_execution_hostile.py"
+    repo_file = Path(dreamprm_trl.__file__).resolve().parents[1] / "tests" / "test_sandbox_hostile.py"
     code = f"""
 import os
 seen = []
@@ -361,8 +362,8 @@ def test_bwrap_daemon_with_empty_environment_does_not_survive():
 
 # ----------------------------------------------------------------------------------------------- rlimits mode
 def test_requested_isolation_is_refused_not_downgraded(monkeypatch):
-    monkeypatch.setitem(execution._bwrap_state, "path", None)
-    monkeypatch.setattr(execution, "_warned", False)
+    monkeypatch.setitem(confinement._bwrap_state, "path", None)
+    monkeypatch.setattr(confinement, "_warned", False)
     monkeypatch.setenv("DREAMPRM_SANDBOX", "bwrap")
     with pytest.raises(RuntimeError, match="isolation was requested.*no program is run.*apt-get install bubblewrap"):
         execute_many([("print(1)", TestSuite.stdio([""], ["1"]))], progress=False)

@@ -1,6 +1,6 @@
 """The test process (inside the sandbox): runs a suite's test code against the program through the proxy.
 
-It never runs the program's code: the program's names are :class:`_sandbox_proxy.Handle` proxies or plain data,
+It never runs the program's code: the program's names are :class:`.remote.Handle` proxies or plain data,
 modules are imported here. It writes one message per test to the supervisor, on a pipe the candidate process never
 holds. Suite kinds ``call``, ``check``, ``asserts`` and ``unittest``. Standard library only.
 """
@@ -11,7 +11,8 @@ import marshal
 import os
 import sys
 
-import _sandbox_proxy as proxy
+from . import proxy
+from .remote import Handle, Remote
 
 _STDLIB = frozenset(sys.stdlib_module_names)
 
@@ -95,7 +96,7 @@ def run_call(suite, ns, rep):
     solution = ns.get("Solution")
 
     def target():
-        if isinstance(solution, proxy.Handle) and "t" in solution._flags:
+        if isinstance(solution, Handle) and "t" in solution._flags:
             return getattr(solution(), fn_name)
         if fn_name not in ns:
             raise NameError(f"the program defines neither class Solution nor function {fn_name!r}")
@@ -142,7 +143,7 @@ def main(payload, req_fd, resp_fd, report_fd):
     """Entry point of the test process (already forked, limited and unprivileged)."""
     suite = payload["suite"]
     kind = suite["kind"]
-    remote = proxy.Remote(req_fd, resp_fd)
+    remote = Remote(req_fd, resp_fd)
     remote.plain_only = kind in ("check", "asserts")
     rep = Reporter(report_fd, remote)
     n = payload["n_tests"]
