@@ -11,10 +11,8 @@ import json
 import time
 from pathlib import Path
 
-from trl import TrlParser
-
-from dreamprm_trl import FunctionStepPRMConfig
-from dreamprm_trl.experiment import DEMO_TRAINING_DEFAULTS, ExperimentArguments, run_experiment
+from dreamprm_trl.scripts.experiment import run_experiment
+from dreamprm_trl.scripts.train import make_parser
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -23,8 +21,8 @@ def main() -> None:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--backbones", default="tiny-causal,minilm")
     known, rest = pre.parse_known_args()
-    parser = TrlParser((ExperimentArguments, FunctionStepPRMConfig))
-    parser.set_defaults(**DEMO_TRAINING_DEFAULTS, methods="dreamprm", dev_split=True, allow_code_execution=True)
+    parser = make_parser()
+    parser.set_defaults(methods="dreamprm", dev_split=True, allow_code_execution=True)
     rows = []
     for backbone in known.backbones.split(","):
         args, config = parser.parse_args_and_config(rest + ["--backbone", backbone,

@@ -26,7 +26,7 @@ def test_type_checking_block_lists_exactly_the_exports():
 
 def test_sandbox_steps_tasks_and_metrics_import_without_torch():
     code = ("import sys, dreamprm_trl, dreamprm_trl.execution, dreamprm_trl.tasks, dreamprm_trl.steps, "
-            "dreamprm_trl.metrics; print('torch' in sys.modules)")
+            "dreamprm_trl.evaluation.metrics; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

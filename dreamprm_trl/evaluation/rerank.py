@@ -15,9 +15,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Protocol, Sequence
 
-from .execution import SandboxedExecutor, TestSuite
+from ..execution import SandboxedExecutor, TestSuite
+from ..schema import CODE, TASK_ID, VERDICT, group_by_task
+from ..steps import get_splitter
 from .metrics import rerank_metrics
-from .steps import get_splitter
 
 __all__ = ["Ranked", "rerank", "rerank_many", "best_of_n", "ranking_values", "public_test_verdicts", "rerank_file",
            "saved_splitter", "record_splitter", "load_prm"]
@@ -100,7 +101,7 @@ def record_splitter(save_directory: str, name: str) -> None:
 
 def load_prm(path: str | os.PathLike) -> Any:
     """`FunctionStepPRM.from_pretrained(path)`, with a one-line error naming ``path`` when nothing loads from it."""
-    from .modeling import FunctionStepPRM
+    from ..modeling import FunctionStepPRM
 
     try:
         return FunctionStepPRM.from_pretrained(str(path))
@@ -117,7 +118,7 @@ def _sort_key(r: Ranked) -> tuple:
 def ranking_values(ranked: Sequence[Ranked]) -> list[float]:
     """Per candidate, in input order, a value whose order is the ranking's and whose ties are its ties.
 
-    Feed these to `metrics.rerank_metrics` to score a (possibly hybrid) ranking: ``-(dense rank)`` of the key
+    Feed these to `evaluation.metrics.rerank_metrics` to score a (possibly hybrid) ranking: ``-(dense rank)`` of the key
     (public tests failed, PRM score), so equal PRM scores within a group stay tied.
     """
     keys = sorted({_sort_key(r)[:2] for r in ranked})
@@ -244,26 +245,23 @@ def _candidate_rows(spec: Any, problems: Sequence[Any]) -> dict[str, list[dict]]
     """
     from pathlib import Path
 
-    from .labeling import load_candidates
-    from .tasks import read_rows
+    from ..labeling import load_candidates
+    from ..tasks import read_rows
 
     codes = load_candidates(spec, problems)
     if spec == "humaneval":
-        from .tasks import load_bundled_humaneval_reference_labels
+        from ..tasks import load_bundled_humaneval_reference_labels
 
         labels = load_bundled_humaneval_reference_labels()
-        extras = {t: [{"sample_idx": i, "passed": p} for i, p in enumerate(labels[t])] for t in codes}
+        extras = {t: [{"sample_idx": i, VERDICT: p} for i, p in enumerate(labels[t])] for t in codes}
     elif isinstance(spec, (str, os.PathLike)) and Path(spec).is_file():
-        extras = {}
-        for row in read_rows(spec):
-            rest = {k: v for k, v in row.items() if k not in ("code", "completion")}
-            extras.setdefault(row["task_id"], []).append(rest)
+        rows = read_rows(spec)
+        rest = [{k: v for k, v in row.items() if k not in (CODE, "completion")} for row in rows]
+        extras = {t: extra for t, (extra,) in group_by_task([row[TASK_ID] for row in rows], rest).items()}
     else:
-        extras = {t: [{"task_id": t} for _ in cs] for t, cs in codes.items()}
-    out = {}
-    for task_id, programs in codes.items():
-        out[task_id] = [{"task_id": task_id, **extra, "code": code} for extra, code in zip(extras[task_id], programs)]
-    return out
+        extras = {t: [{TASK_ID: t} for _ in cs] for t, cs in codes.items()}
+    return {t: [{TASK_ID: t, **extra, CODE: code} for extra, code in zip(extras[t], programs)]
+            for t, programs in codes.items()}
 
 
 def _json_float(x: float) -> float | None:
@@ -316,7 +314,7 @@ def rerank_file(
     """
     spec = problems
     if isinstance(problems, (str, os.PathLike)):
-        from .labeling import load_problems
+        from ..labeling import load_problems
 
         problems = load_problems(str(problems))
     problems = list(problems)
@@ -335,7 +333,7 @@ def rerank_file(
     if isinstance(model, (str, os.PathLike)):  # loaded once the inputs are known to be good
         model = load_prm(model)
     task_ids = list(groups)
-    codes = [[r["code"] for r in groups[t]] for t in task_ids]
+    codes = [[r[CODE] for r in groups[t]] for t in task_ids]
     ranked = rerank_many(
         model, [by_id[t] for t in task_ids], codes, aggregation, True if public_tests else None, executor,
         batch_size, progress, get_splitter(splitter) if isinstance(splitter, str) else splitter,
@@ -357,8 +355,8 @@ def rerank_file(
                 f.write(json.dumps(row, allow_nan=False) + "\n")
     os.replace(tmp, out)
     summary: dict = {"num_problems": len(task_ids), "num_candidates": sum(len(c) for c in codes), "out": str(out)}
-    if all("passed" in r for t in task_ids for r in groups[t]):
+    if all(VERDICT in r for t in task_ids for r in groups[t]):
         scores = [ranking_values(group) for group in ranked]
-        passed = [[bool(r["passed"]) for r in groups[t]] for t in task_ids]
+        passed = [[bool(r[VERDICT]) for r in groups[t]] for t in task_ids]
         summary["metrics"] = rerank_metrics(scores, passed, n_bootstrap=n_bootstrap)
     return summary
