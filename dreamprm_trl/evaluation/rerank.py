@@ -312,18 +312,8 @@ def rerank_file(
         A summary: ``num_problems``, ``num_candidates``, ``out`` and, when every candidate has a ``passed``
         label, ``metrics``: `rerank_metrics` of this ranking (reranked pass@1 vs random pick vs oracle).
     """
-    spec = problems
-    if isinstance(problems, (str, os.PathLike)):
-        from ..labeling import load_problems
-
-        problems = load_problems(str(problems))
-    problems = list(problems)
-    by_id = {p.task_id: p for p in problems}
-    if len(by_id) != len(problems):
-        dup = next(t for t, n in Counter(p.task_id for p in problems).items() if n > 1)
-        raise ValueError(f"{_name(spec)}: task_id {dup!r} appears more than once; each problem needs its own "
-                         "task_id (remove or rename the duplicates).")
-    groups = _candidate_rows(candidates, list(problems))
+    by_id = _problems_by_id(problems)
+    groups = _candidate_rows(candidates, list(by_id.values()))
     unknown = [t for t in groups if t not in by_id]
     if unknown:
         raise ValueError(
@@ -344,19 +334,41 @@ def rerank_file(
             f"Every one of the {num_scores} program scores is NaN (aggregation {aggregation!r}), so there is no "
             f"ranking; {out} was not written. Check the model (NaN weights?) and that the programs have steps."
         )
-    tmp = f"{out}.tmp"
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(tmp, "w", encoding="utf-8") as f:
-        for t, rows, group in zip(task_ids, (groups[t] for t in task_ids), ranked):
-            for rank, r in enumerate(group):
-                row = dict(rows[r.index])
-                row.update(rank=rank, candidate_index=r.index, score=_json_float(r.score),
-                           step_scores=[_json_float(x) for x in r.step_scores], public_pass=r.public_pass)
-                f.write(json.dumps(row, allow_nan=False) + "\n")
-    os.replace(tmp, out)
+    _write_ranked(out, [groups[t] for t in task_ids], ranked)
     summary: dict = {"num_problems": len(task_ids), "num_candidates": sum(len(c) for c in codes), "out": str(out)}
     if all(VERDICT in r for t in task_ids for r in groups[t]):
         scores = [ranking_values(group) for group in ranked]
         passed = [[bool(r[VERDICT]) for r in groups[t]] for t in task_ids]
         summary["metrics"] = rerank_metrics(scores, passed, n_bootstrap=n_bootstrap)
     return summary
+
+
+def _problems_by_id(problems: Any) -> dict[str, Any]:
+    """Problems (a list, or a spec for `labeling.load_problems`) by task id; a task id given twice is an error."""
+    spec = problems
+    if isinstance(problems, (str, os.PathLike)):
+        from ..labeling import load_problems
+
+        problems = load_problems(str(problems))
+    problems = list(problems)
+    by_id = {p.task_id: p for p in problems}
+    if len(by_id) != len(problems):
+        dup = next(t for t, n in Counter(p.task_id for p in problems).items() if n > 1)
+        raise ValueError(f"{_name(spec)}: task_id {dup!r} appears more than once; each problem needs its own "
+                         "task_id (remove or rename the duplicates).")
+    return by_id
+
+
+def _write_ranked(out: str, rows: Sequence[list[dict]], ranked: Sequence[list[Ranked]]) -> None:
+    """One JSON line per candidate, best first within each task, written to ``out.tmp`` and renamed (a crash
+    never leaves a partial file); a NaN score is written as ``null``."""
+    tmp = f"{out}.tmp"
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(tmp, "w", encoding="utf-8") as f:
+        for task_rows, group in zip(rows, ranked):
+            for rank, r in enumerate(group):
+                row = dict(task_rows[r.index])
+                row.update(rank=rank, candidate_index=r.index, score=_json_float(r.score),
+                           step_scores=[_json_float(x) for x in r.step_scores], public_pass=r.public_pass)
+                f.write(json.dumps(row, allow_nan=False) + "\n")
+    os.replace(tmp, out)
