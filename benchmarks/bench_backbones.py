@@ -44,7 +44,8 @@ def main() -> None:
                      f"{diff:+.3f} [{lo:+.3f}, {hi:+.3f}] | {r['random']['value']:.3f} | {r['oracle']['value']:.3f} | "
                      f"{r['seconds']} |")
     s = rows[0]["setup"]
-    header = (f"Dev split of the training problems ({s['num_eval_problems']} dev, {s['num_train_problems']} train, "
+    train = s["num_trajectory_problems"] + s["num_meta_problems"]  # the experiment's setup has no single train count
+    header = (f"Dev split of the training problems ({s['num_eval_problems']} dev, {train} train, "
               f"{s['candidates_per_problem']} candidates each); DreamPRM-Code with the demo's training defaults.\n")
     (RESULTS / "backbones.md").write_text(header + "\n" + "\n".join(lines) + "\n")
     print(header + "\n".join(lines))

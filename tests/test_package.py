@@ -34,5 +34,5 @@ def test_sandbox_steps_tasks_and_metrics_import_without_torch():
 def test_console_script_lists_its_commands():
     out = subprocess.run([sys.executable, "-m", "dreamprm_trl.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    for command in ("label", "rerank"):
+    for command in ("label", "train", "rerank"):
         assert command in out.stdout
