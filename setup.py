@@ -18,7 +18,8 @@ setup(
     packages=find_packages(include=["dreamprm_trl", "dreamprm_trl.*"]) + ["dreamprm_trl.templates"],
     package_dir={"dreamprm_trl.templates": "model_cards"},
     include_package_data=True,
-    package_data={"dreamprm_trl": ["data/*", "data/**/*", "metric/*/*"], "dreamprm_trl.templates": ["*.md"]},
+    package_data={"dreamprm_trl": ["data/*", "data/**/*", "evaluation/pass_at_1_rerank/*"],
+                  "dreamprm_trl.templates": ["*.md"]},
     install_requires=[
         "torch>=2.4,<3",
         "transformers>=5.19",  # Trainer.loss_is_scaled_for_ga (5.18 and older divide the loss by GA twice)

@@ -11,10 +11,8 @@ import json
 import time
 from pathlib import Path
 
-from trl import TrlParser
-
-from dreamprm_trl import FunctionStepPRMConfig
-from dreamprm_trl.experiment import DEMO_TRAINING_DEFAULTS, ExperimentArguments, run_experiment
+from dreamprm_trl.scripts.experiment import run_experiment
+from dreamprm_trl.scripts.train import make_parser
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -23,8 +21,8 @@ def main() -> None:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--backbones", default="tiny-causal,minilm")
     known, rest = pre.parse_known_args()
-    parser = TrlParser((ExperimentArguments, FunctionStepPRMConfig))
-    parser.set_defaults(**DEMO_TRAINING_DEFAULTS, methods="dreamprm", dev_split=True, allow_code_execution=True)
+    parser = make_parser()
+    parser.set_defaults(methods="dreamprm", dev_split=True, allow_code_execution=True)
     rows = []
     for backbone in known.backbones.split(","):
         args, config = parser.parse_args_and_config(rest + ["--backbone", backbone,
@@ -46,7 +44,8 @@ def main() -> None:
                      f"{diff:+.3f} [{lo:+.3f}, {hi:+.3f}] | {r['random']['value']:.3f} | {r['oracle']['value']:.3f} | "
                      f"{r['seconds']} |")
     s = rows[0]["setup"]
-    header = (f"Dev split of the training problems ({s['num_eval_problems']} dev, {s['num_train_problems']} train, "
+    train = s["num_trajectory_problems"] + s["num_meta_problems"]  # the experiment's setup has no single train count
+    header = (f"Dev split of the training problems ({s['num_eval_problems']} dev, {train} train, "
               f"{s['candidates_per_problem']} candidates each); DreamPRM-Code with the demo's training defaults.\n")
     (RESULTS / "backbones.md").write_text(header + "\n" + "\n".join(lines) + "\n")
     print(header + "\n".join(lines))

@@ -44,9 +44,9 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from dreamprm_trl import FunctionStepPRMConfig, FunctionStepPRMTrainer  # noqa: E402
-from dreamprm_trl.backbones import tiny_causal_backbone  # noqa: E402
+from dreamprm_trl.scripts.demo_backbones import tiny_causal_backbone  # noqa: E402
 from dreamprm_trl.correction import FIXED_LABEL_COLUMN, split_by_task  # noqa: E402
-from dreamprm_trl.metrics import bootstrap_ci, per_problem_reranked  # noqa: E402
+from dreamprm_trl.evaluation.metrics import bootstrap_ci, per_problem_reranked  # noqa: E402
 from dreamprm_trl.modeling import FunctionStepPRM  # noqa: E402
 
 GOOD = [f"a{i}+;\n" for i in range(6)]

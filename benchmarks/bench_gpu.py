@@ -49,7 +49,7 @@ def _step_text(rng: random.Random, i: int, lines: int) -> str:
 
 
 def _tokenizer():
-    from dreamprm_trl.backbones import train_bytelevel_tokenizer
+    from dreamprm_trl.scripts.demo_backbones import train_bytelevel_tokenizer
 
     rng = random.Random(0)
     return train_bytelevel_tokenizer([_step_text(rng, i, 8) for i in range(200)], vocab_size=1000)

@@ -96,7 +96,7 @@ def _setup(backbone: str, batch: int, step_lines: int):
     import datasets
     import torch
 
-    from dreamprm_trl.backbones import load_minilm, tiny_causal_backbone
+    from dreamprm_trl.scripts.demo_backbones import load_minilm, tiny_causal_backbone
     from dreamprm_trl.modeling import FunctionStepPRM
 
     torch.manual_seed(0)

@@ -13,10 +13,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from trl import TrlParser
-
-from dreamprm_trl import FunctionStepPRMConfig
-from dreamprm_trl.experiment import DEMO_TRAINING_DEFAULTS, ExperimentArguments, render, run_experiment
+from dreamprm_trl.scripts.experiment import render, run_experiment
+from dreamprm_trl.scripts.train import make_parser
 
 RESULTS = Path(__file__).parent / "results"
 CURVES = {"random": "random pick", "parses_random": "parses + random pick", "orm": "ORM",
@@ -54,8 +52,8 @@ def main() -> None:
         out = json.loads((RESULTS / "quality.json").read_text())
         plot(out["curves"], RESULTS / "quality_scaling.png", out["title"].strip())
         return
-    parser = TrlParser((ExperimentArguments, FunctionStepPRMConfig))
-    parser.set_defaults(**DEMO_TRAINING_DEFAULTS, results_dir="outputs/results/quality")
+    parser = make_parser()
+    parser.set_defaults(results_dir="outputs/results/quality")
     experiment_args, training_args = parser.parse_args_and_config()
     out = run_experiment(experiment_args, training_args)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -66,7 +66,7 @@ def candidates(k: int, n: int) -> list[tuple[str, list[str]]]:
 def build(backbone: str):
     import torch
 
-    from dreamprm_trl.backbones import load_minilm, tiny_causal_backbone, train_bytelevel_tokenizer
+    from dreamprm_trl.scripts.demo_backbones import load_minilm, tiny_causal_backbone, train_bytelevel_tokenizer
     from dreamprm_trl.modeling import FunctionStepPRM
 
     torch.manual_seed(0)

@@ -46,18 +46,18 @@ _EXPORTS = {
     "PRMOutput": "modeling",
     "aggregate_scores": "modeling",
     "step_loss": "modeling",
-    "rerank_metrics": "metrics",
-    "pass_at_k": "metrics",
-    "scaling_curve": "metrics",
-    "PASS_AT_1_RERANK": "metrics",
+    "rerank_metrics": "evaluation.metrics",
+    "pass_at_k": "evaluation.metrics",
+    "scaling_curve": "evaluation.metrics",
+    "PASS_AT_1_RERANK": "evaluation.metrics",
     "FunctionStepPRMConfig": "config",
     "FunctionStepPRMTrainer": "trainer",
-    "Ranked": "rerank",
-    "rerank": "rerank",
-    "rerank_many": "rerank",
-    "best_of_n": "rerank",
-    "ExperimentArguments": "experiment",
-    "run_experiment": "experiment",
+    "Ranked": "evaluation.rerank",
+    "rerank": "evaluation.rerank",
+    "rerank_many": "evaluation.rerank",
+    "best_of_n": "evaluation.rerank",
+    "ExperimentArguments": "scripts.experiment",
+    "run_experiment": "scripts.experiment",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -75,11 +75,6 @@ def __dir__() -> list[str]:
     return sorted(list(globals()) + __all__)
 
 
-# `rerank` names both a submodule and its main function: import it now (it is light) so that the function, not
-# the module, is what `from dreamprm_trl import rerank` returns whatever was imported before.
-from .rerank import rerank  # noqa: E402
-
-
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .sandbox import ExecutionResult, SandboxedExecutor, TestSuite, execute, execute_many, isolation
     from .problems import (
@@ -94,8 +89,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .labeling import label_final, label_steps, step_ground_truth
     from .collator import ChainOfFunctionCollator
     from .modeling import FunctionStepPRM, PRMConfig, PRMOutput, StepScores, aggregate_scores, step_loss
-    from .metrics import PASS_AT_1_RERANK, pass_at_k, rerank_metrics, scaling_curve
+    from .evaluation.metrics import PASS_AT_1_RERANK, pass_at_k, rerank_metrics, scaling_curve
     from .config import FunctionStepPRMConfig
     from .trainer import FunctionStepPRMTrainer
-    from .rerank import Ranked, best_of_n, rerank, rerank_many
-    from .experiment import ExperimentArguments, run_experiment
+    from .evaluation.rerank import Ranked, best_of_n, rerank, rerank_many
+    from .scripts.experiment import ExperimentArguments, run_experiment

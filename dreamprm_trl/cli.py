@@ -1,7 +1,9 @@
 """``dreamprm-code`` command line. It parses arguments and calls library functions; it holds no logic.
 
 Each command is one ``add_<name>_command(subparsers)`` function that registers its parser and sets
-``func``; add a command by writing one and listing it in :data:`COMMANDS`.
+``func``; add a command by writing one and listing it in :data:`COMMANDS`. ``train`` is registered as a
+placeholder that takes every token after it, which `dreamprm_trl.scripts.train.main` parses with a `trl.TrlParser`
+(dataclass flags and ``--config``), the way ``trl sft`` does.
 
 Bad input never ends in a traceback: a usage error, or an exception `_user_errors` lists (a missing file, a
 malformed row, an unknown task id, the missing opt-in: ``ValueError``, ``OSError``, ...), is printed as one line
@@ -21,11 +23,15 @@ from typing import Any
 EXIT_USAGE = 2  # argparse's exit code for bad arguments; also used for bad input files
 
 
-class _Parser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose usage errors are one line (no usage dump) and exit with `EXIT_USAGE`."""
+class _OneLineErrors:
+    """Parser mixin: usage errors are one line (no usage dump) and exit with `EXIT_USAGE`."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> None:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Parser(_OneLineErrors, argparse.ArgumentParser):
+    """The ``dreamprm-code`` parser and its ``label`` / ``train`` / ``rerank`` subparsers."""
 
 
 def _positive(kind: type) -> Callable[[str], Any]:
@@ -94,7 +100,7 @@ def _add_labeling_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sandbox_args(p: argparse.ArgumentParser) -> None:
-    """The sandbox flags shared by every command that runs programs (defaults: `execution`'s)."""
+    """The sandbox flags shared by every command that runs programs (defaults: `sandbox.limits`)."""
     from .sandbox.limits import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT
 
     p.add_argument("--timeout", type=_positive(float), default=DEFAULT_TIMEOUT, help="Seconds per test case.")
@@ -189,7 +195,7 @@ def add_label_command(subparsers: argparse._SubParsersAction) -> None:
 def _rerank(args: argparse.Namespace) -> int:
     import json
 
-    from .rerank import rerank_file
+    from .evaluation.rerank import rerank_file
 
     if args.public_tests:
         _require_opt_in(args)
@@ -224,12 +230,38 @@ def add_rerank_command(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_rerank)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_label_command, add_rerank_command]
+def _train(args: argparse.Namespace) -> int:
+    from trl import TrlParser
+
+    from .scripts.train import main as train_main
+
+    class TrainParser(_OneLineErrors, TrlParser):
+        """`TrlParser` with the CLI's one-line usage errors."""
+
+    train_main(args.train_argv, prog="dreamprm-code train", parser_class=TrainParser)
+    return 0
+
+
+def add_train_command(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train", add_help=False,
+        help="Label, train the PRM variants and print the reranking table (examples/train.py's flags: the model, "
+             "data files or the bundled sets, every FunctionStepPRMConfig field, --config FILE.yaml; see "
+             "'dreamprm-code train --help').",
+    )
+    p.set_defaults(func=_train)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_label_command, add_train_command,
+                                                                 add_rerank_command]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``dreamprm-code`` parser with every command of `COMMANDS`."""
+    from . import __version__
+
     parser = _Parser(prog="dreamprm-code", description="DreamPRM-Code: process reward models for code.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(subparsers)
@@ -246,7 +278,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dreamprm-code`` console script; returns the exit code (2 for bad input)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "train":  # every token after `train` is the training parser's (see `add_train_command`)
+        args.train_argv = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     prog = " ".join(filter(None, [parser.prog, args.command, getattr(args, "label_kind", None)]))
 
     def one_line(message: Any, *_args: Any, **_kwargs: Any) -> None:

@@ -616,7 +616,7 @@ class FunctionStepPRMTrainer(Trainer):
         """Score every candidate of ``dataset`` (sharded over processes) and compute `metrics.rerank_metrics`."""
         from accelerate.utils import gather_object
 
-        from .metrics import rerank_metrics
+        from .evaluation.metrics import rerank_metrics
 
         prm = self.accelerator.unwrap_model(self.model)
         rank, world = self.accelerator.process_index, self.accelerator.num_processes

@@ -16,24 +16,12 @@ On a GPU machine, the same script trains on a Hub backbone and your own data:
         --bf16 --per_device_train_batch_size 4 --push_to_hub --hub_model_id you/dreamprm-code
 
 Every flag of `ExperimentArguments` and `FunctionStepPRMConfig` is accepted, and `--config run.yaml` reads them
-from a YAML file. After a crash, rerun the same command with `--resume_from_checkpoint last`: each variant resumes
+from a YAML file; `dreamprm-code train` takes the same flags (both call `dreamprm_trl.scripts.train.main`). After a
+crash, rerun the same command with `--resume_from_checkpoint last`: each variant resumes
 from the last checkpoint whose save finished in its own output directory (or starts afresh if it has none).
 """
 
-from trl import TrlParser
-
-from dreamprm_trl import FunctionStepPRMConfig
-from dreamprm_trl.experiment import DEMO_TRAINING_DEFAULTS, ExperimentArguments, render, run_experiment
-
-
-def main() -> None:
-    parser = TrlParser((ExperimentArguments, FunctionStepPRMConfig))
-    parser.set_defaults(**DEMO_TRAINING_DEFAULTS)
-    experiment_args, training_args = parser.parse_args_and_config()
-    results = run_experiment(experiment_args, training_args)
-    if training_args.process_index == 0:
-        print(render(results))
-
+from dreamprm_trl.scripts.train import main  # the same code path as `dreamprm-code train`
 
 if __name__ == "__main__":
     main()

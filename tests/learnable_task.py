@@ -65,7 +65,7 @@ def train_prm(tmp_dir: str, meta_method: str = "none", seed: int = 0, epochs: in
     import torch
 
     from dreamprm_trl import FunctionStepPRMConfig, FunctionStepPRMTrainer
-    from dreamprm_trl.backbones import tiny_causal_backbone
+    from dreamprm_trl.scripts.demo_backbones import tiny_causal_backbone
     from dreamprm_trl.modeling import FunctionStepPRM
 
     prefixes, meta = train_rows(seed)

@@ -15,7 +15,7 @@ import pytest
 
 from dreamprm_trl.cli import main
 from dreamprm_trl.sandbox import TestSuite
-from dreamprm_trl.rerank import rerank_file
+from dreamprm_trl.evaluation.rerank import rerank_file
 from dreamprm_trl.problems import Problem
 
 ADD = Problem("add", "Add two numbers.", tests=TestSuite.asserts(["assert add(1, 2) == 3"]), entry_point="add")
@@ -193,7 +193,7 @@ def test_nan_scores_are_null_and_an_all_nan_ranking_fails(capsys, files, monkeyp
     rows = [json.loads(line, parse_constant=strict) for line in out.read_text().splitlines()]
     assert [(r["code"], r["score"], r["step_scores"]) for r in rows] == [(GOOD, 0.5, [0.5]), (BAD, None, [None])]
 
-    rerank_module = importlib.import_module("dreamprm_trl.rerank")  # the package exports a function of that name
+    rerank_module = importlib.import_module("dreamprm_trl.evaluation.rerank")  # the package exports the function
     monkeypatch.setattr(rerank_module, "load_prm", lambda path: ConstPRM(float("nan")) if path == "nan" else None)
     nan_only = write_jsonl(tmp / "bad_only.jsonl", [{"task_id": "add", "code": BAD}])
     code, err = run(capsys, "rerank", "--model", "nan", "--problems", str(problems), "--candidates", str(nan_only),

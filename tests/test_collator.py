@@ -7,7 +7,7 @@ import pytest
 from corpus import CORPUS
 import torch
 
-from dreamprm_trl.backbones import load_minilm, train_bytelevel_tokenizer
+from dreamprm_trl.scripts.demo_backbones import load_minilm, train_bytelevel_tokenizer
 from dreamprm_trl.collator import (
     INDENT_TOKEN,
     NEWLINE_TOKEN,

@@ -7,16 +7,16 @@ from pathlib import Path
 import pytest
 
 from dreamprm_trl import FunctionStepPRMConfig
-from dreamprm_trl.experiment import (
+from dreamprm_trl.scripts.experiment import (
     DEMO_TRAINING_DEFAULTS,
     ExperimentArguments,
-    prefix_rows,
     render,
     run_experiment,
     split_problems,
     three_way_split,
 )
-from dreamprm_trl.metrics import per_problem_reranked
+from dreamprm_trl.scripts.experiment.data import prefix_rows
+from dreamprm_trl.evaluation.metrics import per_problem_reranked
 from dreamprm_trl.steps import get_splitter, split_line_chunks, split_lines, split_steps, splitter_name
 
 import learnable_task
@@ -155,7 +155,7 @@ def _parses(code: str) -> bool:
 
 
 def _eval_codes(out, args):
-    from dreamprm_trl.experiment import _classeval_pool
+    from dreamprm_trl.scripts.experiment.data import classeval_pool
 
-    pool = _classeval_pool()
+    pool = classeval_pool()
     return [pool[t][: args.num_candidates] for t in out["eval"]["task_ids"]]

@@ -97,7 +97,7 @@ def tiny_lm():
     torch = pytest.importorskip("torch")
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from dreamprm_trl.backbones import train_bytelevel_tokenizer
+    from dreamprm_trl.scripts.demo_backbones import train_bytelevel_tokenizer
 
     tok = train_bytelevel_tokenizer([MAIN + A_GOOD + B_GOOD] * 20, vocab_size=300)
     torch.manual_seed(0)

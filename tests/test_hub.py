@@ -113,7 +113,7 @@ def test_function_step_prm_push_to_hub_then_from_pretrained_scores_identically(l
     torch = pytest.importorskip("torch")
     from safetensors.torch import load as load_safetensors
 
-    from dreamprm_trl.backbones import tiny_causal_backbone
+    from dreamprm_trl.scripts.demo_backbones import tiny_causal_backbone
     from huggingface_hub import HfApi
 
     from dreamprm_trl.modeling import FunctionStepPRM

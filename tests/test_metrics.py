@@ -11,7 +11,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from dreamprm_trl.metrics import (
+from dreamprm_trl.evaluation.metrics import (
     PASS_AT_1_RERANK,
     auroc,
     bootstrap_ci,
@@ -193,7 +193,7 @@ def test_evaluate_module_loads_offline_and_matches_function(tmp_path):
     passed = [[True, False, False], [True, False, True, False], [True, False]]
     script = (
         "import json, sys, evaluate\n"
-        "from dreamprm_trl.metrics import PASS_AT_1_RERANK\n"
+        "from dreamprm_trl.evaluation.metrics import PASS_AT_1_RERANK\n"
         "scores, passed = json.loads(sys.argv[1])\n"
         "metric = evaluate.load(PASS_AT_1_RERANK)\n"
         "print(json.dumps(metric.compute(predictions=scores, references=passed, ks=[1, 2], n_bootstrap=100, seed=4)))\n"

@@ -8,7 +8,7 @@ from corpus import CORPUS
 import torch
 
 
-from dreamprm_trl.backbones import load_minilm, tiny_causal_backbone, train_bytelevel_tokenizer
+from dreamprm_trl.scripts.demo_backbones import load_minilm, tiny_causal_backbone, train_bytelevel_tokenizer
 from dreamprm_trl.modeling import FunctionStepPRM, PRMOutput, StepScores, aggregate_scores, step_loss
 
 PROMPT = "Write a function that adds two numbers.\n"

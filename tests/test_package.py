@@ -26,7 +26,7 @@ def test_type_checking_block_lists_exactly_the_exports():
 
 def test_sandbox_steps_problems_and_metrics_import_without_torch():
     code = ("import sys, dreamprm_trl, dreamprm_trl.sandbox, dreamprm_trl.problems, dreamprm_trl.steps, "
-            "dreamprm_trl.prompts, dreamprm_trl.metrics; print('torch' in sys.modules)")
+            "dreamprm_trl.prompts, dreamprm_trl.evaluation.metrics; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -34,5 +34,5 @@ def test_sandbox_steps_problems_and_metrics_import_without_torch():
 def test_console_script_lists_its_commands():
     out = subprocess.run([sys.executable, "-m", "dreamprm_trl.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    for command in ("label", "rerank"):
+    for command in ("label", "train", "rerank"):
         assert command in out.stdout

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import pytest
 
 from dreamprm_trl.sandbox import SandboxedExecutor, TestSuite
-from dreamprm_trl.metrics import rerank_metrics
-from dreamprm_trl.rerank import (
+from dreamprm_trl.evaluation.metrics import rerank_metrics
+from dreamprm_trl.evaluation.rerank import (
     best_of_n,
     load_prm,
     ranking_values,

@@ -17,7 +17,7 @@ from tiny_prm import BAD, GOOD, cpu_config, noisy_task, one_thread, tiny_prm, tr
 
 from dreamprm_trl import FunctionStepPRMConfig, FunctionStepPRMTrainer  # noqa: E402
 from dreamprm_trl.correction import LabelTable  # noqa: E402
-from dreamprm_trl.metrics import rerank_metrics  # noqa: E402
+from dreamprm_trl.evaluation.metrics import rerank_metrics  # noqa: E402
 from dreamprm_trl.modeling import step_loss  # noqa: E402
 
 SCRIPTS = os.path.join(os.path.dirname(__file__), "scripts")
@@ -428,7 +428,7 @@ def test_resume_last_from_the_config_starts_afresh_without_checkpoints(tmp_path)
 
 def test_two_runs_with_the_same_seed_give_identical_losses(tmp_path):
     """The trainer builds the PRM (head, LoRA, new token rows) from args.seed, whatever the global random state."""
-    from dreamprm_trl.backbones import tiny_causal_backbone
+    from dreamprm_trl.scripts.demo_backbones import tiny_causal_backbone
 
     body, tok = tiny_causal_backbone(GOOD + BAD, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
                                      vocab_size=300)

@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "scripts"))
 from tiny_prm import BAD, GOOD, cpu_config, noisy_task, one_thread, tiny_prm  # noqa: E402,F401
 
 from dreamprm_trl import FunctionStepPRMConfig, FunctionStepPRMTrainer  # noqa: E402
-from dreamprm_trl.backbones import tiny_causal_backbone  # noqa: E402
+from dreamprm_trl.scripts.demo_backbones import tiny_causal_backbone  # noqa: E402
 from dreamprm_trl.collator import token_id  # noqa: E402
 from dreamprm_trl.modeling import FunctionStepPRM  # noqa: E402
 
@@ -95,7 +95,7 @@ def test_prm_object_takes_peft_config_and_its_base_tokenizer(tmp_path):
     with pytest.raises(ValueError, match="already has LoRA adapters"):
         FunctionStepPRMTrainer(tiny_prm(lora=True), _config(tmp_path), train_dataset=train,
                                peft_config=LoraConfig(r=2))
-    from dreamprm_trl.backbones import train_bytelevel_tokenizer
+    from dreamprm_trl.scripts.demo_backbones import train_bytelevel_tokenizer
 
     with pytest.raises(ValueError, match="pass the PRM's tokenizer"):
         FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path), train_dataset=train,

@@ -39,7 +39,7 @@ def load_bundled_humaneval_candidates(n: int | None = None) -> dict[str, list[st
 
 def load_bundled_humaneval_reference_labels(n: int | None = None) -> dict[str, list[bool]]:
     """The reference pass/fail label of each bundled HumanEval completion (same order as the completions); a
-    reference for comparison: the project's own labels come from ``execution``."""
+    reference for comparison: the project's own labels come from ``sandbox``."""
     out: dict[str, list[bool]] = {}
     for row in sorted(_bundled_jsonl("humaneval_candidates.jsonl.gz"), key=_sample_key):
         out.setdefault(row["task_id"], []).append(bool(row["passed"]))

@@ -8,7 +8,7 @@ import datasets
 import pytest
 import torch
 
-from dreamprm_trl.backbones import tiny_causal_backbone
+from dreamprm_trl.scripts.demo_backbones import tiny_causal_backbone
 from dreamprm_trl.config import FunctionStepPRMConfig
 from dreamprm_trl.modeling import FunctionStepPRM
 

@@ -15,9 +15,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Protocol, Sequence
 
-from .sandbox import SandboxedExecutor, TestSuite
+from ..sandbox import SandboxedExecutor, TestSuite
+from ..schema import CODE, TASK_ID, VERDICT, group_by_task
+from ..steps import get_splitter
 from .metrics import rerank_metrics
-from .steps import get_splitter
 
 __all__ = ["Ranked", "rerank", "rerank_many", "best_of_n", "ranking_values", "public_test_verdicts", "rerank_file",
            "saved_splitter", "record_splitter", "load_prm"]
@@ -100,7 +101,7 @@ def record_splitter(save_directory: str, name: str) -> None:
 
 def load_prm(path: str | os.PathLike) -> Any:
     """`FunctionStepPRM.from_pretrained(path)`, with a one-line error naming ``path`` when nothing loads from it."""
-    from .modeling import FunctionStepPRM
+    from ..modeling import FunctionStepPRM
 
     try:
         return FunctionStepPRM.from_pretrained(str(path))
@@ -117,7 +118,7 @@ def _sort_key(r: Ranked) -> tuple:
 def ranking_values(ranked: Sequence[Ranked]) -> list[float]:
     """Per candidate, in input order, a value whose order is the ranking's and whose ties are its ties.
 
-    Feed these to `metrics.rerank_metrics` to score a (possibly hybrid) ranking: ``-(dense rank)`` of the key
+    Feed these to `evaluation.metrics.rerank_metrics` to score a (possibly hybrid) ranking: ``-(dense rank)`` of the key
     (public tests failed, PRM score), so equal PRM scores within a group stay tied.
     """
     keys = sorted({_sort_key(r)[:2] for r in ranked})
@@ -244,25 +245,22 @@ def _candidate_rows(spec: Any, problems: Sequence[Any]) -> dict[str, list[dict]]
     """
     from pathlib import Path
 
-    from .problems import load_candidates, read_rows
+    from ..problems import load_candidates, read_rows
 
     codes = load_candidates(spec, problems)
     if spec == "humaneval":
-        from .problems import load_bundled_humaneval_reference_labels
+        from ..problems import load_bundled_humaneval_reference_labels
 
         labels = load_bundled_humaneval_reference_labels()
-        extras = {t: [{"sample_idx": i, "passed": p} for i, p in enumerate(labels[t])] for t in codes}
+        extras = {t: [{"sample_idx": i, VERDICT: p} for i, p in enumerate(labels[t])] for t in codes}
     elif isinstance(spec, (str, os.PathLike)) and Path(spec).is_file():
-        extras = {}
-        for row in read_rows(spec):
-            rest = {k: v for k, v in row.items() if k not in ("code", "completion")}
-            extras.setdefault(row["task_id"], []).append(rest)
+        rows = read_rows(spec)
+        rest = [{k: v for k, v in row.items() if k not in (CODE, "completion")} for row in rows]
+        extras = {t: extra for t, (extra,) in group_by_task([row[TASK_ID] for row in rows], rest).items()}
     else:
-        extras = {t: [{"task_id": t} for _ in cs] for t, cs in codes.items()}
-    out = {}
-    for task_id, programs in codes.items():
-        out[task_id] = [{"task_id": task_id, **extra, "code": code} for extra, code in zip(extras[task_id], programs)]
-    return out
+        extras = {t: [{TASK_ID: t} for _ in cs] for t, cs in codes.items()}
+    return {t: [{TASK_ID: t, **extra, CODE: code} for extra, code in zip(extras[t], programs)]
+            for t, programs in codes.items()}
 
 
 def _json_float(x: float) -> float | None:
@@ -313,18 +311,8 @@ def rerank_file(
         A summary: ``num_problems``, ``num_candidates``, ``out`` and, when every candidate has a ``passed``
         label, ``metrics``: `rerank_metrics` of this ranking (reranked pass@1 vs random pick vs oracle).
     """
-    spec = problems
-    if isinstance(problems, (str, os.PathLike)):
-        from .problems import load_problems
-
-        problems = load_problems(str(problems))
-    problems = list(problems)
-    by_id = {p.task_id: p for p in problems}
-    if len(by_id) != len(problems):
-        dup = next(t for t, n in Counter(p.task_id for p in problems).items() if n > 1)
-        raise ValueError(f"{_name(spec)}: task_id {dup!r} appears more than once; each problem needs its own "
-                         "task_id (remove or rename the duplicates).")
-    groups = _candidate_rows(candidates, list(problems))
+    by_id = _problems_by_id(problems)
+    groups = _candidate_rows(candidates, list(by_id.values()))
     unknown = [t for t in groups if t not in by_id]
     if unknown:
         raise ValueError(
@@ -334,7 +322,7 @@ def rerank_file(
     if isinstance(model, (str, os.PathLike)):  # loaded once the inputs are known to be good
         model = load_prm(model)
     task_ids = list(groups)
-    codes = [[r["code"] for r in groups[t]] for t in task_ids]
+    codes = [[r[CODE] for r in groups[t]] for t in task_ids]
     ranked = rerank_many(
         model, [by_id[t] for t in task_ids], codes, aggregation, True if public_tests else None, executor,
         batch_size, progress, get_splitter(splitter) if isinstance(splitter, str) else splitter,
@@ -345,19 +333,41 @@ def rerank_file(
             f"Every one of the {num_scores} program scores is NaN (aggregation {aggregation!r}), so there is no "
             f"ranking; {out} was not written. Check the model (NaN weights?) and that the programs have steps."
         )
+    _write_ranked(out, [groups[t] for t in task_ids], ranked)
+    summary: dict = {"num_problems": len(task_ids), "num_candidates": sum(len(c) for c in codes), "out": str(out)}
+    if all(VERDICT in r for t in task_ids for r in groups[t]):
+        scores = [ranking_values(group) for group in ranked]
+        passed = [[bool(r[VERDICT]) for r in groups[t]] for t in task_ids]
+        summary["metrics"] = rerank_metrics(scores, passed, n_bootstrap=n_bootstrap)
+    return summary
+
+
+def _problems_by_id(problems: Any) -> dict[str, Any]:
+    """Problems (a list, or a spec for `labeling.load_problems`) by task id; a task id given twice is an error."""
+    spec = problems
+    if isinstance(problems, (str, os.PathLike)):
+        from ..problems import load_problems
+
+        problems = load_problems(str(problems))
+    problems = list(problems)
+    by_id = {p.task_id: p for p in problems}
+    if len(by_id) != len(problems):
+        dup = next(t for t, n in Counter(p.task_id for p in problems).items() if n > 1)
+        raise ValueError(f"{_name(spec)}: task_id {dup!r} appears more than once; each problem needs its own "
+                         "task_id (remove or rename the duplicates).")
+    return by_id
+
+
+def _write_ranked(out: str, rows: Sequence[list[dict]], ranked: Sequence[list[Ranked]]) -> None:
+    """One JSON line per candidate, best first within each task, written to ``out.tmp`` and renamed (a crash
+    never leaves a partial file); a NaN score is written as ``null``."""
     tmp = f"{out}.tmp"
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(tmp, "w", encoding="utf-8") as f:
-        for t, rows, group in zip(task_ids, (groups[t] for t in task_ids), ranked):
+        for task_rows, group in zip(rows, ranked):
             for rank, r in enumerate(group):
-                row = dict(rows[r.index])
+                row = dict(task_rows[r.index])
                 row.update(rank=rank, candidate_index=r.index, score=_json_float(r.score),
                            step_scores=[_json_float(x) for x in r.step_scores], public_pass=r.public_pass)
                 f.write(json.dumps(row, allow_nan=False) + "\n")
     os.replace(tmp, out)
-    summary: dict = {"num_problems": len(task_ids), "num_candidates": sum(len(c) for c in codes), "out": str(out)}
-    if all("passed" in r for t in task_ids for r in groups[t]):
-        scores = [ranking_values(group) for group in ranked]
-        passed = [[bool(r["passed"]) for r in groups[t]] for t in task_ids]
-        summary["metrics"] = rerank_metrics(scores, passed, n_bootstrap=n_bootstrap)
-    return summary

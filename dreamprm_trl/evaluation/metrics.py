@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-PASS_AT_1_RERANK: str = os.path.join(os.path.dirname(os.path.abspath(__file__)), "metric", "pass_at_1_rerank")
+PASS_AT_1_RERANK: str = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pass_at_1_rerank")
 """Folder of the shipped ``evaluate`` metric (module ``pass_at_1_rerank.py`` + card ``README.md``, the layout of a
 Hub metric Space): ``evaluate.load(PASS_AT_1_RERANK)`` works offline."""
 

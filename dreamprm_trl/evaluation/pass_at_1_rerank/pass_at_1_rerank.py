@@ -1,12 +1,13 @@
-"""`evaluate` module for reranked pass@1: ``evaluate.load(dreamprm_trl.metrics.PASS_AT_1_RERANK)`` (this folder).
+"""`evaluate` module for reranked pass@1: ``evaluate.load(PASS_AT_1_RERANK)`` (this folder; the constant is in
+`dreamprm_trl.evaluation.metrics`).
 
-A thin wrapper; the maths lives in :func:`dreamprm_trl.metrics.rerank_metrics`.
+A thin wrapper; the maths lives in :func:`dreamprm_trl.evaluation.metrics.rerank_metrics`.
 """
 
 import datasets
 import evaluate
 
-from dreamprm_trl.metrics import rerank_metrics
+from dreamprm_trl.evaluation.metrics import rerank_metrics
 
 _DESCRIPTION = """
 Reranked pass@1 of a scorer (e.g. a process reward model) that picks one of N candidate programs per problem,
