@@ -47,7 +47,7 @@ from dreamprm_trl import FunctionStepPRMConfig, FunctionStepPRMTrainer  # noqa: 
 from dreamprm_trl.scripts.demo_backbones import tiny_causal_backbone  # noqa: E402
 from dreamprm_trl.correction import FIXED_LABEL_COLUMN, split_by_task  # noqa: E402
 from dreamprm_trl.evaluation.metrics import bootstrap_ci, per_problem_reranked  # noqa: E402
-from dreamprm_trl.modeling import FunctionStepPRM  # noqa: E402
+from dreamprm_trl.prm import FunctionStepPRM  # noqa: E402
 
 GOOD = [f"a{i}+;\n" for i in range(6)]
 BAD = [f"a{i}-;\n" for i in range(6)]

@@ -57,7 +57,7 @@ def _tokenizer():
 
 def _rows(tokenizer, n: int, seq_len: int, seed: int) -> list[dict]:
     """``n`` rows of K_STEPS steps, each step as long as lets a row stay within ~96 % of ``seq_len`` tokens."""
-    from dreamprm_trl.collator import encode_steps, prepare_tokenizer
+    from dreamprm_trl.prm.inputs import encode_steps, prepare_tokenizer
 
     prepare_tokenizer(tokenizer)
 
@@ -81,7 +81,7 @@ def _prm(size: str, tokenizer, device: str, dtype):
     from peft import LoraConfig
     from transformers import AutoModel, Qwen2Config
 
-    from dreamprm_trl.modeling import FunctionStepPRM
+    from dreamprm_trl.prm import FunctionStepPRM
 
     config = Qwen2Config(**SIZES[size], max_position_embeddings=32768, tie_word_embeddings=True, use_cache=False,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)

@@ -97,7 +97,7 @@ def _setup(backbone: str, batch: int, step_lines: int):
     import torch
 
     from dreamprm_trl.scripts.demo_backbones import load_minilm, tiny_causal_backbone
-    from dreamprm_trl.modeling import FunctionStepPRM
+    from dreamprm_trl.prm import FunctionStepPRM
 
     torch.manual_seed(0)
     train, meta = _rows(batch, 4, step_lines, seed=0)

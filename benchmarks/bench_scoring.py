@@ -67,7 +67,7 @@ def build(backbone: str):
     import torch
 
     from dreamprm_trl.scripts.demo_backbones import load_minilm, tiny_causal_backbone, train_bytelevel_tokenizer
-    from dreamprm_trl.modeling import FunctionStepPRM
+    from dreamprm_trl.prm import FunctionStepPRM
 
     torch.manual_seed(0)
     if backbone == "minilm":

@@ -39,13 +39,13 @@ _EXPORTS = {
     "label_final": "labeling",
     "label_steps": "labeling",
     "step_ground_truth": "labeling",
-    "ChainOfFunctionCollator": "collator",
-    "FunctionStepPRM": "modeling",
-    "PRMConfig": "modeling",
-    "StepScores": "modeling",
-    "PRMOutput": "modeling",
-    "aggregate_scores": "modeling",
-    "step_loss": "modeling",
+    "ChainOfFunctionCollator": "prm",
+    "FunctionStepPRM": "prm",
+    "PRMConfig": "prm",
+    "StepScores": "prm",
+    "PRMOutput": "prm",
+    "aggregate_scores": "prm",
+    "step_loss": "prm",
     "rerank_metrics": "evaluation.metrics",
     "pass_at_k": "evaluation.metrics",
     "scaling_curve": "evaluation.metrics",
@@ -87,8 +87,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         Generator, OpenAICompatibleGenerator, PoolGenerator, TransformersGenerator, make_generator,
     )
     from .labeling import label_final, label_steps, step_ground_truth
-    from .collator import ChainOfFunctionCollator
-    from .modeling import FunctionStepPRM, PRMConfig, PRMOutput, StepScores, aggregate_scores, step_loss
+    from .prm import (
+        ChainOfFunctionCollator, FunctionStepPRM, PRMConfig, PRMOutput, StepScores, aggregate_scores, step_loss,
+    )
     from .evaluation.metrics import PASS_AT_1_RERANK, pass_at_k, rerank_metrics, scaling_curve
     from .config import FunctionStepPRMConfig
     from .trainer import FunctionStepPRMTrainer

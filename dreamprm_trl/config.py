@@ -7,9 +7,9 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from .collator import STEP_TOKEN
-from .modeling import AGGREGATIONS
-from .modeling import LOSS_TYPES as LABEL_LOSSES
+from .prm.inputs import STEP_TOKEN
+from .prm.losses import AGGREGATIONS
+from .prm.losses import LOSS_TYPES as LABEL_LOSSES
 
 META_METHODS = ("label_correction", "sample_reweighting", "none")
 HYPERGRADIENTS = ("darts", "exact")

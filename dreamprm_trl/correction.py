@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .modeling import LOSS_TYPES, smoothed_targets
+from .prm.losses import LOSS_TYPES, smoothed_targets
 
 
 def label_loss_grad(logits: Tensor, labels: Tensor, loss_type: str = "bce", label_smoothing: float = 0.0) -> Tensor:

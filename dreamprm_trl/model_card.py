@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .modeling import FunctionStepPRM
+    from .prm import FunctionStepPRM
     from .trainer import FunctionStepPRMTrainer
 
 MODEL_CARD_TEMPLATE = "prm_model_card.md"

@@ -24,8 +24,8 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 
-from .backbones import load_tokenizer
-from .collator import IGNORE_INDEX, ChainOfFunctionCollator
+from .prm import ChainOfFunctionCollator, FunctionStepPRM, aggregate_scores, step_loss
+from .prm.backbones import fit_max_length, load_tokenizer
 from .config import META_LEARNING_RATES, FunctionStepPRMConfig
 from .correction import (
     FIXED_LABEL_COLUMN,
@@ -40,10 +40,10 @@ from .correction import (
 )
 from .model_card import build_model_card
 from .formats import FORMATS, materialize, prepare_dataset
-from .modeling import FunctionStepPRM, aggregate_scores, fit_max_length, step_loss
 from .scale import (
     add_adapters, deterministic_train_mode, fp32_parameters, load_training_backbone, prepared_tokenizer, unscaled_grads,
 )
+from .schema import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 

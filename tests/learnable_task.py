@@ -66,7 +66,7 @@ def train_prm(tmp_dir: str, meta_method: str = "none", seed: int = 0, epochs: in
 
     from dreamprm_trl import FunctionStepPRMConfig, FunctionStepPRMTrainer
     from dreamprm_trl.scripts.demo_backbones import tiny_causal_backbone
-    from dreamprm_trl.modeling import FunctionStepPRM
+    from dreamprm_trl.prm import FunctionStepPRM
 
     prefixes, meta = train_rows(seed)
     corpus = ["".join(r["steps"]) for r in prefixes + meta]

@@ -8,12 +8,12 @@ from corpus import CORPUS
 import torch
 
 from dreamprm_trl.scripts.demo_backbones import load_minilm, train_bytelevel_tokenizer
-from dreamprm_trl.collator import (
+from dreamprm_trl.prm.collator import ChainOfFunctionCollator
+from dreamprm_trl.prm.inputs import (
     INDENT_TOKEN,
     NEWLINE_TOKEN,
     SPACE_TOKEN,
     STEP_TOKEN,
-    ChainOfFunctionCollator,
     code_to_steps,
     effective_prompt,
     encode_steps,
@@ -91,7 +91,7 @@ def test_prompt_is_truncated_from_the_left_and_code_is_kept(tok, caplog):
         {"prompt": PROMPT, "steps": STEPS, "labels": [1.0, 0.5, 0.0], "task_id": "too-long"},
         {"prompt": PROMPT, "steps": STEPS[:1], "labels": [0.25], "task_id": "fits"},
     ]
-    with caplog.at_level(logging.WARNING, logger="dreamprm_trl.collator"):
+    with caplog.at_level(logging.WARNING, logger="dreamprm_trl.prm.collator"):
         batch = collate(rows)
     assert collate.num_dropped == 1 and "too-long" in caplog.text
     assert batch["input_ids"].shape[0] == 1

@@ -15,7 +15,7 @@ from dreamprm_trl.correction import (
     label_loss_grad,
     unrolled_meta_loss,
 )
-from dreamprm_trl.modeling import step_loss
+from dreamprm_trl.prm import step_loss
 
 
 def pointwise_step_loss(logits, labels, loss_type, smoothing):

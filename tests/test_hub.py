@@ -116,7 +116,7 @@ def test_function_step_prm_push_to_hub_then_from_pretrained_scores_identically(l
     from dreamprm_trl.scripts.demo_backbones import tiny_causal_backbone
     from huggingface_hub import HfApi
 
-    from dreamprm_trl.modeling import FunctionStepPRM
+    from dreamprm_trl.prm import FunctionStepPRM
 
     code = [
         "def add(a, b):\n    return a + b\n",
@@ -180,7 +180,7 @@ def test_trainer_push_to_hub_uploads_a_loadable_prm_with_model_card(local_hub, t
     from tiny_prm import noisy_task, tiny_prm
 
     from dreamprm_trl import FunctionStepPRMConfig, FunctionStepPRMTrainer
-    from dreamprm_trl.modeling import FunctionStepPRM
+    from dreamprm_trl.prm import FunctionStepPRM
 
     train, meta, _ = noisy_task(n_train=8, n_meta=4)
     config = FunctionStepPRMConfig(

@@ -9,7 +9,7 @@ import torch
 
 
 from dreamprm_trl.scripts.demo_backbones import load_minilm, tiny_causal_backbone, train_bytelevel_tokenizer
-from dreamprm_trl.modeling import FunctionStepPRM, PRMOutput, StepScores, aggregate_scores, step_loss
+from dreamprm_trl.prm import FunctionStepPRM, PRMOutput, StepScores, aggregate_scores, step_loss
 
 PROMPT = "Write a function that adds two numbers.\n"
 STEPS = [
@@ -128,6 +128,16 @@ def test_forward_reads_the_markers_and_returns_the_masked_loss():
     assert out.loss.item() == pytest.approx(step_loss(out.step_logits, batch["step_labels"]).item(), rel=1e-6)
     scores = prm.score(PROMPT, STEPS).scores
     assert torch.sigmoid(out.step_logits[0]).tolist() == pytest.approx(scores, abs=1e-5)
+
+
+def test_default_lora_is_the_one_lora_defaults_constant_on_qkvo():
+    from dreamprm_trl.prm import LORA_DEFAULTS
+
+    prm = tiny_prm()
+    lora = prm.backbone.peft_config["default"]
+    assert LORA_DEFAULTS == {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05}
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (8, 16, 0.05)
+    assert sorted(lora.target_modules) == ["k_proj", "o_proj", "q_proj", "v_proj"]
 
 
 def test_an_optimizer_step_moves_lora_head_and_the_new_token_only():

@@ -36,3 +36,12 @@ def test_console_script_lists_its_commands():
     assert out.returncode == 0, out.stderr
     for command in ("label", "train", "rerank"):
         assert command in out.stdout
+
+
+def test_importing_any_prm_module_registers_the_auto_classes():
+    code = ("import dreamprm_trl.prm.inputs; from transformers import AutoConfig, AutoModel; "
+            "cfg = AutoConfig.for_model('function_step_prm'); "
+            "print(type(cfg).__module__, AutoModel._model_mapping[type(cfg)].__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["dreamprm_trl.prm.config", "FunctionStepPRM"]

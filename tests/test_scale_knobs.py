@@ -17,7 +17,7 @@ from tiny_prm import BAD, GOOD, cpu_config, noisy_task, one_thread, tiny_prm, tr
 
 import dreamprm_trl.trainer as trainer_module  # noqa: E402
 from dreamprm_trl import FunctionStepPRMTrainer  # noqa: E402
-from dreamprm_trl.backbones import is_causal_backbone  # noqa: E402
+from dreamprm_trl.prm.backbones import is_causal_backbone  # noqa: E402
 from dreamprm_trl.scripts.demo_backbones import tiny_causal_backbone  # noqa: E402
 from dreamprm_trl.scale import unscaled_grads  # noqa: E402
 

@@ -18,7 +18,7 @@ from tiny_prm import BAD, GOOD, cpu_config, noisy_task, one_thread, tiny_prm, tr
 from dreamprm_trl import FunctionStepPRMConfig, FunctionStepPRMTrainer  # noqa: E402
 from dreamprm_trl.correction import LabelTable  # noqa: E402
 from dreamprm_trl.evaluation.metrics import rerank_metrics  # noqa: E402
-from dreamprm_trl.modeling import step_loss  # noqa: E402
+from dreamprm_trl.prm import step_loss  # noqa: E402
 
 SCRIPTS = os.path.join(os.path.dirname(__file__), "scripts")
 

@@ -16,8 +16,8 @@ from tiny_prm import BAD, GOOD, cpu_config, noisy_task, one_thread, tiny_prm  # 
 
 from dreamprm_trl import FunctionStepPRMConfig, FunctionStepPRMTrainer  # noqa: E402
 from dreamprm_trl.scripts.demo_backbones import tiny_causal_backbone  # noqa: E402
-from dreamprm_trl.collator import token_id  # noqa: E402
-from dreamprm_trl.modeling import FunctionStepPRM  # noqa: E402
+from dreamprm_trl.prm.inputs import token_id  # noqa: E402
+from dreamprm_trl.prm import FunctionStepPRM  # noqa: E402
 
 CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
                  "{% if add_generation_prompt %}<assistant>{% endif %}")

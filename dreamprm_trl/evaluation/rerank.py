@@ -101,7 +101,7 @@ def record_splitter(save_directory: str, name: str) -> None:
 
 def load_prm(path: str | os.PathLike) -> Any:
     """`FunctionStepPRM.from_pretrained(path)`, with a one-line error naming ``path`` when nothing loads from it."""
-    from ..modeling import FunctionStepPRM
+    from ..prm import FunctionStepPRM
 
     try:
         return FunctionStepPRM.from_pretrained(str(path))

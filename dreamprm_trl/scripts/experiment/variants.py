@@ -12,7 +12,7 @@ from dreamprm_trl.config import FunctionStepPRMConfig
 from dreamprm_trl.evaluation.metrics import label_agreement
 from dreamprm_trl.evaluation.rerank import Ranked, ranking_values
 from dreamprm_trl.labeling import step_ground_truth
-from dreamprm_trl.modeling import FunctionStepPRM
+from dreamprm_trl.prm import FunctionStepPRM
 from dreamprm_trl.schema import CODE, MC_LABELS, TASK_ID
 from dreamprm_trl.problems import Problem
 from dreamprm_trl.trainer import FunctionStepPRMTrainer

@@ -1,7 +1,7 @@
-"""How a (prompt, steps) pair becomes tokens, and the batch collator built on it.
+"""The PRM's input format: how a (prompt, steps) pair becomes tokens and where the step markers are.
 
-`encode_steps` is the ONE definition of the PRM input format, used by the collator, by `FunctionStepPRM.score`
-and by the per-prefix reference path:
+`encode_steps` is the ONE definition of the format, used by the collator, by `FunctionStepPRM.score` and by the
+per-prefix reference path:
 
     text = prompt + step_1 + MARK + step_2 + MARK + ... + step_K + MARK
 
@@ -19,24 +19,15 @@ Interior runs of spaces collapse to one separator and uncased vocabularies still
 
 from __future__ import annotations
 
-import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import torch
-
-from .schema import VERDICT
-
-logger = logging.getLogger(__name__)
 
 STEP_TOKEN = "<|step|>"
 NEWLINE_TOKEN = "<|nl|>"
 INDENT_TOKEN = "<|indent|>"
 SPACE_TOKEN = "<|sp|>"
 WHITESPACE_TOKENS = (NEWLINE_TOKEN, INDENT_TOKEN, SPACE_TOKEN)
-IGNORE_INDEX = -100
 _WS_PROBE = "a\n    b"
 
 
@@ -157,7 +148,7 @@ def encode_steps(
     if step_id is None:
         raise ValueError(
             f"Step token {step_token!r} is not in the tokenizer's vocabulary. Use the PRM's tokenizer "
-            "(`prm.tokenizer`) or call `dreamprm_trl.collator.prepare_tokenizer(tokenizer)` first."
+            "(`prm.tokenizer`) or call `dreamprm_trl.prm.prepare_tokenizer(tokenizer)` first."
         )
     ws_tokens = token_id(tokenizer, NEWLINE_TOKEN) is not None
     text, prompt_chars = format_steps(prompt, steps, step_token, whitespace_tokens=ws_tokens)
@@ -188,7 +179,7 @@ def code_to_steps(code: str, splitter: Callable[[str], Sequence[Any]] | None = N
     or strings (used as given).
     """
     if splitter is None:
-        from .steps import split_steps as splitter
+        from ..steps import split_steps as splitter
     parts = list(splitter(code))
     if not parts:
         return [code]
@@ -200,111 +191,3 @@ def code_to_steps(code: str, splitter: Callable[[str], Sequence[Any]] | None = N
         out.append(code[start:end])
         start = end
     return out
-
-
-def _label(value: Any) -> float:
-    if value is None:
-        return IGNORE_INDEX
-    value = float(value)
-    return IGNORE_INDEX if math.isnan(value) else value
-
-
-class ChainOfFunctionCollator:
-    """Batch rows ``{"prompt", "steps", "labels"|"mc_labels", ...}`` for `FunctionStepPRM.forward`.
-
-    Output: ``input_ids``/``attention_mask`` (B, T) padded on the right; ``step_positions`` (B, S) long and
-    ``step_labels`` (B, S) float, both -100 where there is no step/label; and when the rows have them
-    ``row_ids`` (from ``"row_id"``), ``final_labels`` (from ``"passed"``), ``weights``
-    (from ``"weight"``). A row without ``"steps"`` but with ``"code"`` is split with ``splitter``.
-    Rows whose code alone exceeds ``max_length`` are dropped and counted in ``num_dropped`` (with a warning).
-    """
-
-    def __init__(
-        self,
-        tokenizer: Any,
-        max_length: int = 1024,
-        step_token: str = STEP_TOKEN,
-        label_key: str | None = None,
-        splitter: Callable[[str], Sequence[Any]] | None = None,
-    ):
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.step_token = step_token
-        self.label_key = label_key
-        self.splitter = splitter
-        self.num_dropped = 0
-        self.num_prompt_truncated = 0
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-    def encode_row(self, row: dict) -> EncodedSteps | None:
-        steps = row.get("steps")
-        if steps is None:
-            if "code" not in row:
-                raise ValueError(f"Row needs 'steps' (list[str]) or 'code' (str); got keys {sorted(row)}.")
-            steps = code_to_steps(row["code"], self.splitter)
-        steps = list(steps)
-        prompt = effective_prompt(row.get("prompt") or "", steps)
-        return encode_steps(self.tokenizer, prompt, steps, self.step_token, self.max_length)
-
-    def _labels(self, row: dict, n_steps: int, index: int) -> list[float]:
-        key = self.label_key or next((k for k in ("labels", "mc_labels") if k in row), None)
-        if key is None or row.get(key) is None:
-            return [IGNORE_INDEX] * n_steps
-        labels = [_label(v) for v in row[key]]
-        if len(labels) != n_steps:
-            raise ValueError(
-                f"Row {index} (task_id={row.get('task_id')!r}) has {n_steps} steps but {len(labels)} {key!r}; "
-                "labels must be one per step."
-            )
-        return labels
-
-    def pad(self, encs: Sequence[EncodedSteps], labels: Sequence[Sequence[float]] | None = None) -> dict:
-        """Right-pad encodings into ``input_ids``, ``attention_mask``, ``step_positions``, ``step_labels``."""
-        b = len(encs)
-        t = max((len(e.input_ids) for e in encs), default=1)
-        s = max((len(e.step_positions) for e in encs), default=1) or 1
-        input_ids = torch.full((b, t), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((b, t), dtype=torch.long)
-        positions = torch.full((b, s), IGNORE_INDEX, dtype=torch.long)
-        step_labels = torch.full((b, s), float(IGNORE_INDEX), dtype=torch.float)
-        for j, enc in enumerate(encs):
-            n, k = len(enc.input_ids), len(enc.step_positions)
-            input_ids[j, :n] = torch.tensor(enc.input_ids)
-            attention_mask[j, :n] = 1
-            if k:
-                positions[j, :k] = torch.tensor(enc.step_positions)
-                if labels is not None:
-                    step_labels[j, :k] = torch.tensor(labels[j], dtype=torch.float)
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "step_positions": positions,
-            "step_labels": step_labels,
-        }
-
-    def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
-        kept: list[tuple[dict, EncodedSteps, list[float]]] = []
-        for i, row in enumerate(rows):
-            enc = self.encode_row(row)
-            if enc is None:
-                self.num_dropped += 1
-                logger.warning(
-                    "Dropped a row (task_id=%r) whose code alone exceeds max_length=%d; %d dropped so far. "
-                    "Raise max_length to keep such rows.",
-                    row.get("task_id"),
-                    self.max_length,
-                    self.num_dropped,
-                )
-                continue
-            self.num_prompt_truncated += enc.prompt_tokens_dropped > 0
-            kept.append((row, enc, self._labels(row, len(enc.step_positions), i)))
-
-        batch = self.pad([e for _, e, _ in kept], [lab for _, _, lab in kept])
-        kept_rows = [r for r, _, _ in kept]
-        if rows and all("row_id" in r for r in rows):
-            batch["row_ids"] = torch.tensor([int(r["row_id"]) for r in kept_rows], dtype=torch.long)
-        if rows and all(VERDICT in r for r in rows):
-            batch["final_labels"] = torch.tensor([_label(r[VERDICT]) for r in kept_rows], dtype=torch.float)
-        if rows and all("weight" in r for r in rows):
-            batch["weights"] = torch.tensor([float(r["weight"]) for r in kept_rows], dtype=torch.float)
-        return batch

