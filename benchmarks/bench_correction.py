@@ -13,9 +13,10 @@ correct prefix with ``r`` steps left (0 for an incorrect prefix: it can never be
 Per setting (noise x batch size) and seed, trained with library defaults (only the run length, the PRM learning
 rate for a from-scratch tiny model, and the batch size are set): ``none`` (noisy labels), ``label_correction``,
 ``sample_reweighting``, and two controls: the plain PRM's own predictions as labels, and self-training (a fresh
-PRM trained on those predictions). Columns: MAE and wrong-side-of-0.5 rate of the learnable labels against truth
-(reweighting: weighted by its learned weights), reranked pass@1 of each PRM, and the paired bootstrap CI of
-corrected minus noisy pass@1 (problems pooled over seeds).
+PRM trained on those predictions). Every PRM gets the meta programs during the warm-up (``none`` and self-training
+too: the same train ∪ meta data, only the meta step differs). Columns: MAE and wrong-side-of-0.5 rate of the
+learnable labels against truth (reweighting: weighted by its learned weights), reranked pass@1 of each PRM, and the
+paired bootstrap CI of corrected minus noisy pass@1 (problems pooled over seeds).
 
 Part ``ranking`` repeats the cells on unmarked steps (``vocabulary="hidden"``: 32 good and 32 bad strings, a seeded
 random map) with 200 held-out problems x 8 candidates, where the marked task's ranking saturates. Part
@@ -346,8 +347,8 @@ def _merge(path: str, part: str, result) -> dict:
     return data["parts"]
 
 
-def report(parts: dict) -> str:
-    """correction.md from every part in OUT.json."""
+def report(parts: dict, notes: str | None = None) -> str:
+    """correction.md from every part in OUT.json, then the hand-written ``notes`` file (what was tried), if any."""
     lines = ["# Label correction benchmark (`benchmarks/bench_correction.py`, library defaults)", ""]
     if "synthetic" in parts:
         p = parts["synthetic"]
@@ -359,6 +360,9 @@ def report(parts: dict) -> str:
     if "classeval" in parts:
         lines += ["## ClassEval: agreement with method-level step truth", "", parts["classeval"]["command"], "",
                   *markdown_classeval(parts["classeval"]), ""]
+    if notes and os.path.exists(notes):
+        with open(notes) as f:
+            lines += [f.read().rstrip(), ""]
     return "\n".join(lines)
 
 
@@ -406,7 +410,7 @@ def main() -> None:
         result["command"] = (f"`nice -n 10 python benchmarks/bench_correction.py --part {part}{quick}` "
                              f"({time.time() - start:.0f} s on one shared core)")
         parts = _merge(args.out + ".json", part, result)
-    text = report(parts)
+    text = report(parts, args.out + "_tried.md")
     with open(args.out + ".md", "w") as f:
         f.write(text)
     print(text)

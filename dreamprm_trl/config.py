@@ -68,8 +68,12 @@ class FunctionStepPRMConfig(TrainingArguments):
         meta_weight_decay (`float`, defaults to `0.002`): pulls the table towards its initial state (noisy labels,
             weights 1); the authors' 0.002.
         meta_interval (`int`, defaults to `1`): optimizer steps between meta updates.
-        meta_warmup_steps (`int`, defaults to `40`): optimizer steps of plain supervised training on train
-            rows and meta programs (train ∪ meta, as the authors) before the first meta update.
+        meta_warmup_steps (`int`, defaults to `20`): optimizer steps of plain supervised training on train
+            rows and meta programs (train ∪ meta, as the authors) before the first meta update; ``meta_method="none"``
+            gets the same warm-up when given a ``meta_dataset``, so every method sees the same data.
+        meta_centre_hypergradient (`bool`, defaults to `True`): subtract the window mean of the label hypergradient
+            before standardising it. The raw hypergradient is mostly a common mode (the meta set's base rate pushes
+            every label the same way); see the README for the measurements.
         meta_batch_size (`int`, defaults to `16`): whole programs per process in one meta loss.
         meta_split (`str`, defaults to `"task"`): how the meta set must relate to the train rows, checked when both
             have ``task_id``: ``task`` (disjoint problems, the default) or ``program`` (problems may be shared, never
@@ -145,13 +149,16 @@ class FunctionStepPRMConfig(TrainingArguments):
     )
     meta_interval: int = field(default=1, metadata={"help": "Optimizer steps between meta updates."})
     meta_warmup_steps: int = field(
-        default=40, metadata={"help": "Optimizer steps of supervised training on train + meta before meta updates."}
+        default=20, metadata={"help": "Optimizer steps of supervised training on train + meta before meta updates."}
     )
     meta_batch_size: int = field(default=16, metadata={"help": "Whole programs per process in one meta loss."})
     meta_split: str = field(
         default="task",
         metadata={"help": "Meta vs train rows: disjoint problems (task) or only disjoint programs (program).",
                   "choices": list(META_SPLITS)},
+    )
+    meta_centre_hypergradient: bool = field(
+        default=True, metadata={"help": "Subtract the window mean of the label hypergradient before standardising."}
     )
     meta_inner_learning_rate: float | None = field(
         default=None, metadata={"help": "Unrolled SGD step size; None uses the PRM optimizer's current lr."}

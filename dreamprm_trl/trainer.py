@@ -339,12 +339,12 @@ class FunctionStepPRMTrainer(Trainer):
         if self.meta_table is not None:
             self._window.append(inputs)
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if self.meta_table is not None and self.accelerator.sync_gradients:
+        if self.meta_dataset is not None and self.accelerator.sync_gradients:
             window, self._window = self._window, []
             step, args = self.state.global_step, self.args  # optimizer steps completed before this one
-            if step < args.meta_warmup_steps:
+            if step < args.meta_warmup_steps:  # also with meta_method="none": baselines see the same data
                 self._warmup_meta_backward(model)
-            elif (step - args.meta_warmup_steps) % args.meta_interval == 0:
+            elif self.meta_table is not None and (step - args.meta_warmup_steps) % args.meta_interval == 0:
                 self.meta_step(model, [self._prepare_inputs(b) for b in window], num_items_in_batch)
         return loss
 
@@ -461,7 +461,7 @@ class FunctionStepPRMTrainer(Trainer):
             return
         hypergrad, meta_loss = result
         seen = (hypergrad != 0) & self.meta_table.learnable
-        grad = standardise_hypergradient(hypergrad.to(phi.dtype), seen)
+        grad = standardise_hypergradient(hypergrad.to(phi.dtype), seen, self.args.meta_centre_hypergradient)
         if self.args.meta_weight_decay:  # in the standardised units: on the raw ~1e-6 scale it swamped the signal
             grad = grad + self.meta_table.decay_grad(self.args.meta_weight_decay) * seen
         phi.grad = self.meta_table.sparse_grad(grad)  # lazy Adam: rows not in this window keep still
@@ -569,12 +569,13 @@ class FunctionStepPRMTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Adds meta loss, label shift (mean |y_hat - y|), labels crossing 0.5 and weight stats to training logs."""
-        if "loss" in logs and self.meta_table is not None:
+        if "loss" in logs:
             for key, values in self._meta_logs.items():
                 if values:
                     logs[key] = sum(values) / len(values)
             self._meta_logs.clear()
-            logs.update(self.meta_table.state_summary())
+            if self.meta_table is not None:
+                logs.update(self.meta_table.state_summary())
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------------------------------- evaluation

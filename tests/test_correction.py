@@ -12,6 +12,7 @@ from dreamprm_trl.correction import (
     darts_hypergradient,
     exact_hypergradient,
     split_by_task,
+    standardise_hypergradient,
     label_loss_grad,
     unrolled_meta_loss,
 )
@@ -98,6 +99,18 @@ def test_label_table_lazy_update_moves_only_seen_labels():
     y = table.y.detach().tolist()
     assert y[0] == pytest.approx(0.9 - 0.3, abs=0.02)  # three steps of ~lr, independent of the gradient scale
     assert y[1:] == pytest.approx([1.0, 0.2, 0.0])
+
+
+def test_standardise_hypergradient_centres_and_scales_seen_entries():
+    """Centring removes the window's common mode (a shift of every label the same way); both forms have RMS 1
+    over the seen entries and leave unseen entries at zero."""
+    grad = torch.tensor([3.0, 1.0, 0.0, 2.0])
+    seen = torch.tensor([True, True, False, True])
+    plain = standardise_hypergradient(grad, seen)
+    assert plain.tolist() == pytest.approx([3 / (14 / 3) ** 0.5, 1 / (14 / 3) ** 0.5, 0.0, 2 / (14 / 3) ** 0.5])
+    centred = standardise_hypergradient(grad, seen, centre=True)  # [1, -1, ., 0] / sqrt(2/3)
+    assert centred.tolist() == pytest.approx([1.5 ** 0.5, -(1.5 ** 0.5), 0.0, 0.0])
+    assert standardise_hypergradient(grad, torch.zeros(4, dtype=torch.bool), centre=True).tolist() == [0.0] * 4
 
 
 def test_weight_table_per_prefix_clamped_and_decay():
