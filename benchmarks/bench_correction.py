@@ -45,7 +45,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from dreamprm_trl import FunctionStepPRMConfig, FunctionStepPRMTrainer  # noqa: E402
 from dreamprm_trl.scripts.demo_backbones import tiny_causal_backbone  # noqa: E402
-from dreamprm_trl.correction import FIXED_LABEL_COLUMN, split_by_task  # noqa: E402
+from dreamprm_trl.schema import LABEL_FIXED as FIXED_LABEL_COLUMN  # noqa: E402
+from dreamprm_trl.training import split_by_task  # noqa: E402
 from dreamprm_trl.evaluation.metrics import bootstrap_ci, per_problem_reranked  # noqa: E402
 from dreamprm_trl.prm import FunctionStepPRM  # noqa: E402
 
