@@ -28,6 +28,9 @@ from torch import Tensor
 
 from ..prm.losses import LOSS_TYPES, smoothed_targets
 
+InnerLoss = Callable[[Mapping[str, Tensor], Tensor], Tensor]  # (params, phi) -> inner loss l(theta, phi)
+MetaLoss = Callable[[Mapping[str, Tensor]], Tensor]  # params -> meta loss L_meta(theta)
+
 
 def label_loss_grad(logits: Tensor, labels: Tensor, loss_type: str = "bce", label_smoothing: float = 0.0) -> Tensor:
     """Elementwise ``d loss(logit, y) / d y`` of `prm.step_loss`, in closed form (no backward through a model).
@@ -107,11 +110,7 @@ def darts_hypergradient(
 
 
 def unrolled_meta_loss(
-    inner_loss: Callable[[Mapping[str, Tensor], Tensor], Tensor],
-    meta_loss: Callable[[Mapping[str, Tensor]], Tensor],
-    params: Mapping[str, Tensor],
-    phi: Tensor,
-    lr: float,
+    inner_loss: InnerLoss, meta_loss: MetaLoss, params: Mapping[str, Tensor], phi: Tensor, lr: float
 ) -> Tensor:
     """``L_meta(theta - lr * grad_theta l(theta, phi))`` as a differentiable function of ``phi`` (``torch.func``)."""
     grads = torch.func.grad(inner_loss)(dict(params), phi)
@@ -119,11 +118,7 @@ def unrolled_meta_loss(
 
 
 def exact_hypergradient(
-    inner_loss: Callable[[Mapping[str, Tensor], Tensor], Tensor],
-    meta_loss: Callable[[Mapping[str, Tensor]], Tensor],
-    params: Mapping[str, Tensor],
-    phi: Tensor,
-    lr: float,
+    inner_loss: InnerLoss, meta_loss: MetaLoss, params: Mapping[str, Tensor], phi: Tensor, lr: float
 ) -> tuple[Tensor, Tensor]:
     """Exact second-order hypergradient of :func:`unrolled_meta_loss`; returns ``(d L_meta / d phi, L_meta)``.
 

@@ -125,8 +125,7 @@ class ExperimentArguments:
     exec_workers: int | None = field(default=None, metadata={"help": "Programs run in parallel (default: CPU count)."})
     cache_dir: str = field(default="outputs/label_cache", metadata={"help": "Resumable labelling cache."})
     backbone: str = field(
-        default="tiny-causal",
-        metadata={"help": "'tiny-causal' (trained fully), 'minilm' or a Hub id / path (LoRA with the lora_* fields)."},
+        default="tiny-causal", metadata={"help": "'tiny-causal' (full training), or LoRA on 'minilm' / a Hub id / path."}
     )
     tiny_hidden_size: int = field(default=128, metadata={"help": "tiny-causal: hidden size."})
     tiny_layers: int = field(default=2, metadata={"help": "tiny-causal: decoder layers."})
