@@ -4,7 +4,7 @@ A program is 1-6 steps; a step is good or bad; step truth is cumulative (1 iff e
 program passes iff all its steps are good. Each problem has a policy quality ``q`` ~ U(0.55, 0.95): the chance a
 step it writes is good. Train rows are trajectories of train problems; their non-final labels are noisy and
 learnable, the final label is the clean verdict (fixed, as `labeling.label_steps` writes it). The meta set is
-complete programs of other problems with clean verdicts (`correction.split_by_task`); held-out problems give
+complete programs of other problems with clean verdicts (`training.splits.split_by_task`); held-out problems give
 candidate groups for reranked pass@1.
 
 Noise on the non-final labels: symmetric flips (10/30/45 %), or MC-like ``k/M``, ``k ~ Binomial(M, q^r)`` for a
@@ -46,7 +46,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from dreamprm_trl import FunctionStepPRMConfig, FunctionStepPRMTrainer  # noqa: E402
 from dreamprm_trl.scripts.demo_backbones import tiny_causal_backbone  # noqa: E402
-from dreamprm_trl.correction import FIXED_LABEL_COLUMN, split_by_task  # noqa: E402
+from dreamprm_trl.schema import LABEL_FIXED as FIXED_LABEL_COLUMN  # noqa: E402
+from dreamprm_trl.training import split_by_task  # noqa: E402
 from dreamprm_trl.evaluation.metrics import bootstrap_ci, per_problem_reranked  # noqa: E402
 from dreamprm_trl.prm import FunctionStepPRM  # noqa: E402
 

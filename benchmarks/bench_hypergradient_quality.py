@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_correction import synthetic_task, train  # noqa: E402
 
 from dreamprm_trl import FunctionStepPRMConfig  # noqa: E402
-from dreamprm_trl.correction import unrolled_meta_loss  # noqa: E402
+from dreamprm_trl.training.hypergradient import unrolled_meta_loss  # noqa: E402
 from dreamprm_trl.schema import IGNORE_INDEX  # noqa: E402
 
 

@@ -50,8 +50,8 @@ _EXPORTS = {
     "pass_at_k": "evaluation.metrics",
     "scaling_curve": "evaluation.metrics",
     "PASS_AT_1_RERANK": "evaluation.metrics",
-    "FunctionStepPRMConfig": "config",
-    "FunctionStepPRMTrainer": "trainer",
+    "FunctionStepPRMConfig": "training",
+    "FunctionStepPRMTrainer": "training",
     "Ranked": "evaluation.rerank",
     "rerank": "evaluation.rerank",
     "rerank_many": "evaluation.rerank",
@@ -91,7 +91,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         ChainOfFunctionCollator, FunctionStepPRM, PRMConfig, PRMOutput, StepScores, aggregate_scores, step_loss,
     )
     from .evaluation.metrics import PASS_AT_1_RERANK, pass_at_k, rerank_metrics, scaling_curve
-    from .config import FunctionStepPRMConfig
-    from .trainer import FunctionStepPRMTrainer
+    from .training import FunctionStepPRMConfig, FunctionStepPRMTrainer
     from .evaluation.rerank import Ranked, best_of_n, rerank, rerank_many
     from .scripts.experiment import ExperimentArguments, run_experiment

@@ -13,7 +13,7 @@ import pytest
 
 import dreamprm_trl
 from dreamprm_trl.cli import main
-from dreamprm_trl.config import FunctionStepPRMConfig
+from dreamprm_trl.training import FunctionStepPRMConfig
 from dreamprm_trl.scripts import train as train_script
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dreamprm_trl.correction import (
+from dreamprm_trl.training import (
     LabelTable,
     WeightTable,
     build_table,

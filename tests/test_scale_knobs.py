@@ -15,11 +15,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "scripts"))
 
 from tiny_prm import BAD, GOOD, cpu_config, noisy_task, one_thread, tiny_prm, trainable_state  # noqa: E402,F401
 
-import dreamprm_trl.trainer as trainer_module  # noqa: E402
+import dreamprm_trl.training.meta_step as trainer_module  # noqa: E402
 from dreamprm_trl import FunctionStepPRMTrainer  # noqa: E402
 from dreamprm_trl.prm.backbones import is_causal_backbone  # noqa: E402
 from dreamprm_trl.scripts.demo_backbones import tiny_causal_backbone  # noqa: E402
-from dreamprm_trl.scale import unscaled_grads  # noqa: E402
+from dreamprm_trl.training.scale import unscaled_grads  # noqa: E402
 
 SCALE = 65536.0  # torch.amp.GradScaler's initial scale
 
@@ -82,7 +82,7 @@ def test_fp16_meta_step_uses_unscaled_gradients_and_skips_overflow(tmp_path, cap
 
     params[0].grad.view(-1)[0] = float("inf")  # the scaler's usual early overflow
     phi = trainer.meta_table.phi.detach().clone()
-    with caplog.at_level(logging.WARNING, logger="dreamprm_trl.trainer"):
+    with caplog.at_level(logging.WARNING, logger="dreamprm_trl.training.meta_step"):
         trainer.meta_step(trainer.model, [batch], None)
     assert torch.equal(trainer.meta_table.phi, phi)
     assert "Skipped the meta step at step 0: the inner gradients are not finite" in caplog.text

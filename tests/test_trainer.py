@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "scripts"))
 from tiny_prm import BAD, GOOD, cpu_config, noisy_task, one_thread, tiny_prm, trainable_state  # noqa: E402,F401
 
 from dreamprm_trl import FunctionStepPRMConfig, FunctionStepPRMTrainer  # noqa: E402
-from dreamprm_trl.correction import LabelTable  # noqa: E402
+from dreamprm_trl.training import LabelTable  # noqa: E402
 from dreamprm_trl.evaluation.metrics import rerank_metrics  # noqa: E402
 from dreamprm_trl.prm import step_loss  # noqa: E402
 
@@ -41,7 +41,7 @@ def test_config_cli_yaml_and_validation(tmp_path):
     assert (cfg.meta_method, cfg.lora_target_modules) == ("sample_reweighting", ["q_proj", "v_proj"])
     assert (cfg.learning_rate, cfg.meta_learning_rate, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) == (
         1e-4, None, 8, 16, 0.05)
-    assert (cfg.label_loss, cfg.label_smoothing, cfg.meta_warmup_steps, cfg.meta_split) == ("bce", 0.1, 20, "task")
+    assert (cfg.loss_type, cfg.label_smoothing, cfg.meta_warmup_steps, cfg.meta_split) == ("bce", 0.1, 20, "task")
     assert cfg.meta_centre_hypergradient is True
     from trl import TrlParser
 
@@ -136,7 +136,7 @@ def test_gradient_accumulation_matches_full_batch(tmp_path, meta_method):
                 y = batch["step_labels"]
                 if trainer.meta_table is not None:  # corrected labels start at the noisy labels
                     y = trainer.meta_table.labels(batch["row_ids"], y)
-            loss_kw = dict(loss_type=trainer.args.label_loss, label_smoothing=trainer.args.label_smoothing)
+            loss_kw = dict(loss_type=trainer.args.loss_type, label_smoothing=trainer.args.label_smoothing)
             expected = step_loss(logits, y, reduction="mean", **loss_kw).item()
             naive = [  # averaging per-micro-batch means, for every way to split the 4 rows into 2 pairs
                 np.mean([step_loss(logits[list(p)], y[list(p)], **loss_kw).item() for p in split])
@@ -382,7 +382,7 @@ def test_resume_true_skips_a_checkpoint_whose_save_was_killed(tmp_path, monkeypa
     ends exactly where an uninterrupted run ends."""
     from transformers.trainer_callback import TrainerState
 
-    from dreamprm_trl.trainer import last_complete_checkpoint
+    from dreamprm_trl.training import last_complete_checkpoint
 
     train, meta, _ = noisy_task(n_train=4, n_meta=4, train_lengths=(1, 2))
     kw = dict(per_device_train_batch_size=2, max_steps=4, save_strategy="steps", save_steps=2)

@@ -182,7 +182,7 @@ def test_prm_built_by_the_trainer_is_a_function_step_prm(tmp_path):
 def test_model_init_kwargs_from_the_command_line_and_their_normalisation(tmp_path):
     from transformers import BitsAndBytesConfig, HfArgumentParser
 
-    from dreamprm_trl.scale import model_init_kwargs
+    from dreamprm_trl.training.scale import model_init_kwargs
 
     (args,) = HfArgumentParser(FunctionStepPRMConfig).parse_args_into_dataclasses(
         ["--output_dir", str(tmp_path), "--model_init_kwargs",

@@ -1,5 +1,5 @@
 """The PRM's loss and aggregation, as pure tensor maths (no model): `step_loss` of step logits against soft labels,
-`smoothed_targets` (its label smoothing, shared with the label gradient in `correction`) and `aggregate_scores`,
+`smoothed_targets` (its label smoothing, shared with the label gradient in `training.hypergradient`) and `aggregate_scores`,
 the one aggregation of step scores into a program score."""
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def aggregate_scores(
 
 def smoothed_targets(labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """``t = y (1 - s) + s / 2``: label smoothing towards 0.5 (the one definition; the loss and its label
-    gradient in `correction` both use it)."""
+    gradient in `training.hypergradient` both use it)."""
     return labels * (1.0 - label_smoothing) + 0.5 * label_smoothing
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from dreamprm_trl.config import FunctionStepPRMConfig
+from dreamprm_trl.training import FunctionStepPRMConfig
 
 from .experiment import DEMO_TRAINING_DEFAULTS, ExperimentArguments, render, run_experiment
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dreamprm_trl.scripts.demo_backbones import tiny_causal_backbone
-from dreamprm_trl.config import FunctionStepPRMConfig
+from dreamprm_trl.training import FunctionStepPRMConfig
 from dreamprm_trl.prm import FunctionStepPRM
 
 GOOD = [f"def good_{i}(x):\n    return x + {i}\n" for i in range(4)]

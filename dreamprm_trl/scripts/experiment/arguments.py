@@ -77,7 +77,9 @@ class ExperimentArguments:
     > Model
 
     backbone: ``tiny-causal`` (a small Qwen2 from a config with a byte-level tokenizer trained on the training
-    split), ``minilm`` (the packaged MiniLM encoder with LoRA) or a Hub id / local path (LoRA).
+    split), ``minilm`` (the packaged MiniLM encoder with LoRA) or a Hub id / local path (LoRA). The backbone alone
+    decides LoRA vs full fine-tuning: ``tiny-causal`` is built from scratch and trained fully, every pretrained
+    backbone gets LoRA with `FunctionStepPRMConfig`'s ``lora_*`` fields.
     """
 
     dataset: str = field(default="classeval", metadata={"help": "Bundled data to run on.", "choices": DATASETS})
@@ -122,16 +124,15 @@ class ExperimentArguments:
     exec_memory_mb: int = field(default=DEFAULT_MEMORY_MB, metadata={"help": "Memory limit per program (MiB)."})
     exec_workers: int | None = field(default=None, metadata={"help": "Programs run in parallel (default: CPU count)."})
     cache_dir: str = field(default="outputs/label_cache", metadata={"help": "Resumable labelling cache."})
-    backbone: str = field(default="tiny-causal", metadata={"help": "'tiny-causal', 'minilm' or a Hub id / path."})
+    backbone: str = field(
+        default="tiny-causal", metadata={"help": "'tiny-causal' (full training), or LoRA on 'minilm' / a Hub id / path."}
+    )
     tiny_hidden_size: int = field(default=128, metadata={"help": "tiny-causal: hidden size."})
     tiny_layers: int = field(default=2, metadata={"help": "tiny-causal: decoder layers."})
     tiny_vocab_size: int = field(default=2048, metadata={"help": "tiny-causal: byte-level BPE vocabulary."})
     tiny_pretrain_epochs: int = field(
         default=0,
         metadata={"help": "tiny-causal: epochs of language modelling on the training split's programs first."},
-    )
-    use_lora: bool | None = field(
-        default=None, metadata={"help": "LoRA on the backbone; default: yes for pretrained, no for tiny-causal."}
     )
     results_dir: str = field(default="outputs/results", metadata={"help": "Where the table (JSON, Markdown) goes."})
     n_bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples for the CIs."})

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from dreamprm_trl.correction import split_by_task
+from dreamprm_trl.training.splits import split_by_task
 from dreamprm_trl.labeling import label_final, label_steps
 from dreamprm_trl.labeling.generators import PoolGenerator, make_generator
 from dreamprm_trl.problems import Problem, load_bundled_classeval_candidates, load_candidates, load_problems
@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 def split_problems(task_ids: Sequence[str], eval_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Deterministic split of distinct problems ``(kept, held_out)``: `correction.split_by_task`'s seeded hash rule."""
+    """Deterministic split of distinct problems ``(kept, held_out)``: `training.split_by_task`'s seeded hash rule."""
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}.")
     kept, held = split_by_task(task_ids, eval_fraction, seed)

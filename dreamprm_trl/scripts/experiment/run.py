@@ -7,7 +7,7 @@ import logging
 import time
 from typing import Any
 
-from dreamprm_trl.config import FunctionStepPRMConfig
+from dreamprm_trl.training import FunctionStepPRMConfig
 from dreamprm_trl.evaluation.rerank import public_test_verdicts
 from dreamprm_trl.sandbox import SandboxedExecutor
 from dreamprm_trl.problems import Problem

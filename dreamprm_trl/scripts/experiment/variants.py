@@ -8,14 +8,13 @@ import dataclasses
 import os
 from typing import Any, Callable, Sequence
 
-from dreamprm_trl.config import FunctionStepPRMConfig
+from dreamprm_trl.training import FunctionStepPRMConfig, FunctionStepPRMTrainer
 from dreamprm_trl.evaluation.metrics import label_agreement
 from dreamprm_trl.evaluation.rerank import Ranked, ranking_values
 from dreamprm_trl.labeling import step_ground_truth
 from dreamprm_trl.prm import FunctionStepPRM
 from dreamprm_trl.schema import CODE, MC_LABELS, TASK_ID
 from dreamprm_trl.problems import Problem
-from dreamprm_trl.trainer import FunctionStepPRMTrainer
 
 from .arguments import VARIANTS, ExperimentArguments
 
@@ -51,14 +50,13 @@ def build_backbone(
 
 
 def build_prm(args: ExperimentArguments, config: FunctionStepPRMConfig, backbone: tuple[Any, Any]) -> FunctionStepPRM:
-    """A fresh PRM on a copy of ``backbone`` (LoRA by default on pretrained backbones, full training on tiny-causal)."""
+    """A fresh PRM on a copy of ``backbone``: full training for ``tiny-causal`` (built from scratch), LoRA with the
+    config's ``lora_*`` fields on any pretrained backbone (`ExperimentArguments.backbone` decides, nothing else)."""
     import torch
 
     torch.manual_seed(config.seed)
-    use_lora = args.use_lora if args.use_lora is not None else args.backbone != "tiny-causal"
-    lora = config.lora_config() if use_lora else None
-    common = dict(step_token=config.step_token, aggregation=config.score_aggregation, loss_type=config.label_loss,
-                  label_smoothing=config.label_smoothing, max_length=config.max_length)
+    lora = config.lora_config() if args.backbone != "tiny-causal" else None
+    common = config.prm_fields()
     body, tokenizer = backbone
     if isinstance(body, str):
         return FunctionStepPRM.from_backbone(body, lora_config=lora, **common)

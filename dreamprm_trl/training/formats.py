@@ -18,8 +18,8 @@ from typing import Any
 
 from datasets import Dataset, IterableDataset
 
-from .schema import STEP_COLUMNS, TASK_ID, VERDICT
-from .schema import label_key as schema_label_key
+from ..schema import STEP_COLUMNS, TASK_ID, VERDICT
+from ..schema import label_key as schema_label_key
 FORMATS = {
     "train": (
         "step rows {'prompt': str, 'steps': list[str] (or 'code': str), 'labels' or 'mc_labels': list[float]}",

@@ -7,15 +7,18 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from .prm.inputs import STEP_TOKEN
-from .prm.losses import AGGREGATIONS
-from .prm.losses import LOSS_TYPES as LABEL_LOSSES
+from ..prm.inputs import STEP_TOKEN
+from ..prm.lora import LORA_DEFAULTS
+from ..prm.losses import AGGREGATIONS, LOSS_TYPES
 
 META_METHODS = ("label_correction", "sample_reweighting", "none")
 HYPERGRADIENTS = ("darts", "exact")
 META_SPLITS = ("task", "program")
 #: Default meta learning rate per method (``meta_learning_rate=None``); see the field's help for the sources.
 META_LEARNING_RATES = {"label_correction": 0.2, "sample_reweighting": 1e-2}
+#: Fields this config shares with `prm.PRMConfig`, under the same names: the trainer copies them into the PRM's
+#: config so that a saved PRM records how it was trained.
+PRM_FIELDS = ("step_token", "loss_type", "label_smoothing", "aggregation", "max_length")
 
 
 @dataclass
@@ -40,19 +43,20 @@ class FunctionStepPRMConfig(TrainingArguments):
         step_token (`str`, defaults to `"<|step|>"`): special token appended after every step; the head reads it.
         label_key (`str`, *optional*): column of the train rows holding the soft step labels; ``None`` picks
             ``"labels"`` then ``"mc_labels"``.
-        label_loss (`str`, defaults to `"bce"`): per-step loss against soft labels, ``bce`` (with logits) or ``mse``
+        loss_type (`str`, defaults to `"bce"`): per-step loss against soft labels, ``bce`` (with logits) or ``mse``
             (on the sigmoid, the authors' code). ``bce`` is the default because label correction needs it: on the
             suite's flipped-label task the corrected labels cross back with ``bce`` (20 -> 0 wrong) and not with
             ``mse`` (20 -> 23), see the README.
         label_smoothing (`float`, defaults to `0.1`): targets become ``y (1 - s) + s / 2`` (the authors' 0.1); the
             one target transform of every meta method, so comparisons between them are not confounded.
-        score_aggregation (`str`, defaults to `"min"`): how step scores make a program score, in the meta loss and
+        aggregation (`str`, defaults to `"min"`): how step scores make a program score, in the meta loss and
             in evaluation (``min | mean | last | prod | logodds``).
 
         > LoRA (used when the trainer builds the PRM from a backbone name and no ``peft_config`` is given)
 
         lora_r (`int`, defaults to `8`), lora_alpha (`int`, defaults to `16`), lora_dropout (`float`, defaults to
-            `0.05`), lora_target_modules (`list[str]`, *optional*): the paper's LoRA on q/k/v/o projections.
+            `0.05`), lora_target_modules (`list[str]`, *optional*): the paper's LoRA on q/k/v/o projections; the
+            defaults are `prm.LORA_DEFAULTS`.
 
         > Meta learning (bi-level label correction)
 
@@ -77,7 +81,7 @@ class FunctionStepPRMConfig(TrainingArguments):
         meta_batch_size (`int`, defaults to `16`): whole programs per process in one meta loss.
         meta_split (`str`, defaults to `"task"`): how the meta set must relate to the train rows, checked when both
             have ``task_id``: ``task`` (disjoint problems, the default) or ``program`` (problems may be shared, never
-            the same program). `correction.split_by_task` builds a ``task`` split.
+            the same program). `training.split_by_task` builds a ``task`` split.
         meta_inner_learning_rate (`float`, *optional*): ``eta`` of the unrolled SGD step; ``None`` uses the
             current learning rate of the PRM optimizer.
 
@@ -111,21 +115,23 @@ class FunctionStepPRMConfig(TrainingArguments):
     label_key: str | None = field(
         default=None, metadata={"help": "Column of soft step labels; None tries 'labels' then 'mc_labels'."}
     )
-    label_loss: str = field(
-        default="bce", metadata={"help": "Per-step loss on soft labels.", "choices": list(LABEL_LOSSES)}
+    loss_type: str = field(
+        default="bce", metadata={"help": "Per-step loss on soft labels.", "choices": list(LOSS_TYPES)}
     )
     label_smoothing: float = field(
         default=0.1, metadata={"help": "Smooth targets towards 0.5: y(1-s) + s/2 (every meta method)."}
     )
-    score_aggregation: str = field(
+    aggregation: str = field(
         default="min",
         metadata={"help": "Step scores -> program score (meta loss, evaluation).", "choices": list(AGGREGATIONS)},
     )
 
     # LoRA
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank (used when the trainer builds the PRM)."})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_r: int = field(
+        default=LORA_DEFAULTS["r"], metadata={"help": "LoRA rank (used when the trainer builds the PRM)."}
+    )
+    lora_alpha: int = field(default=LORA_DEFAULTS["lora_alpha"], metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=LORA_DEFAULTS["lora_dropout"], metadata={"help": "LoRA dropout."})
     lora_target_modules: list[str] | None = field(
         default=None, metadata={"help": "Modules to adapt; None uses the PRM's default (attention q/k/v/o)."}
     )
@@ -169,8 +175,8 @@ class FunctionStepPRMConfig(TrainingArguments):
         checks = [
             ("meta_method", self.meta_method in META_METHODS, f"one of {META_METHODS}"),
             ("hypergradient", self.hypergradient in HYPERGRADIENTS, f"one of {HYPERGRADIENTS}"),
-            ("label_loss", self.label_loss in LABEL_LOSSES, f"one of {LABEL_LOSSES}"),
-            ("score_aggregation", self.score_aggregation in AGGREGATIONS, f"one of {AGGREGATIONS}"),
+            ("loss_type", self.loss_type in LOSS_TYPES, f"one of {LOSS_TYPES}"),
+            ("aggregation", self.aggregation in AGGREGATIONS, f"one of {AGGREGATIONS}"),
             ("max_length", self.max_length > 0, "a positive token count, e.g. 1024"),
             ("step_token", bool(self.step_token), "a non-empty special token such as '<|step|>'"),
             ("label_smoothing", 0.0 <= self.label_smoothing < 1.0, "in [0, 1), e.g. 0.0"),
@@ -196,6 +202,11 @@ class FunctionStepPRMConfig(TrainingArguments):
                 raise ValueError(
                     f"FunctionStepPRMConfig.{name}={getattr(self, name)!r} is invalid; set it to {expected}."
                 )
+
+    def prm_fields(self) -> dict[str, Any]:
+        """The fields shared with `prm.PRMConfig` (`PRM_FIELDS`), by name: ``FunctionStepPRM.from_backbone(...,
+        **args.prm_fields())`` builds a PRM configured as this run trains it."""
+        return {name: getattr(self, name) for name in PRM_FIELDS}
 
     def lora_config(self):
         """The `peft.LoraConfig` of the ``lora_*`` fields (``target_modules=None``: the backbone's q/k/v/o)."""

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .prm.backbones import load_backbone
-from .prm.inputs import prepare_tokenizer, token_id
+from ..prm.backbones import load_backbone
+from ..prm.inputs import prepare_tokenizer, token_id
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def add_adapters(prm: Any, peft_config: Any) -> None:
     """Wrap the backbone of a PRM built without adapters with ``peft_config`` (step-token rows kept trainable)."""
     from peft import get_peft_model
 
-    from .prm.lora import default_lora_targets
+    from ..prm.lora import default_lora_targets
 
     if prm.prm_config.lora:
         raise ValueError(

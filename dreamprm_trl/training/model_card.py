@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .prm import FunctionStepPRM
+    from ..prm import FunctionStepPRM
     from .trainer import FunctionStepPRMTrainer
 
 MODEL_CARD_TEMPLATE = "prm_model_card.md"
@@ -25,7 +25,7 @@ def _template_path() -> str:
     packaged = resources.files("dreamprm_trl").joinpath("templates", MODEL_CARD_TEMPLATE)
     if packaged.is_file():
         return str(packaged)
-    return str(Path(__file__).resolve().parents[1] / "model_cards" / MODEL_CARD_TEMPLATE)
+    return str(Path(__file__).resolve().parents[2] / "model_cards" / MODEL_CARD_TEMPLATE)
 
 
 def _lora_summary(prm: FunctionStepPRM) -> str:
@@ -101,13 +101,13 @@ def build_model_card(
         datasets=", ".join(datasets or [])
         or "step rows with Monte-Carlo labels + whole programs with unit-test verdicts",
         method=method,
-        aggregation=args.score_aggregation,
+        aggregation=args.aggregation,
         step_token=cfg.step_token,
         num_train_rows=len(trainer.noisy_labels),
         num_meta_rows=len(trainer.meta_dataset) if trainer.meta_dataset is not None else 0,
         learning_rate=args.learning_rate,
         meta_learning_rate=args.meta_learning_rate,
-        label_loss=args.label_loss,
+        loss_type=args.loss_type,
         lora=_lora_summary(prm),
         global_step=trainer.state.global_step,
         metrics_table=_metrics_table(trainer.state.log_history),

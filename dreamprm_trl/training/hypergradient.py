@@ -1,0 +1,137 @@
+"""The pure core of meta label correction: the label gradient and the one-step-unrolled hypergradient.
+
+The bi-level problem (DreamPRM-Code, arXiv 2512.15000)::
+
+    inner:  theta*(phi) = argmin_theta  l(theta, phi)   (PRM on step rows, labels/weights given by the table phi)
+    outer:  min_phi  L_meta(theta*(phi))                (whole programs scored against clean unit-test verdicts)
+
+With one unrolled SGD step ``theta' = theta - lr * grad_theta l(theta, phi)`` the hypergradient is
+``dL_meta/dphi = -lr * d2l/(dphi dtheta) . v`` with ``v = grad L_meta(theta')``. Two ways to get it:
+
+* :func:`darts_hypergradient` -- the DARTS central difference ``-lr [g(theta + eps v) - g(theta - eps v)] / (2 eps)``
+  with ``g = d l / d phi`` and ``eps = alpha / ||v||``. ``g`` is analytic in the prediction
+  (:func:`label_loss_grad`), so the two perturbed terms need forward passes only, and the inner step can reuse
+  the gradient the ordinary training step already computed.
+* :func:`exact_hypergradient` -- differentiates through the unrolled step with ``torch.func`` (second order).
+
+Everything here works on plain callables and parameter dicts, so it is tested on a float64 MLP against a central
+finite difference of :func:`unrolled_meta_loss`. The meta tables (the ``phi`` these differentiate) are in
+`meta_methods`; the trainer's orchestration of one meta step is in `meta_step`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from ..prm.losses import LOSS_TYPES, smoothed_targets
+
+InnerLoss = Callable[[Mapping[str, Tensor], Tensor], Tensor]  # (params, phi) -> inner loss l(theta, phi)
+MetaLoss = Callable[[Mapping[str, Tensor]], Tensor]  # params -> meta loss L_meta(theta)
+
+
+def label_loss_grad(logits: Tensor, labels: Tensor, loss_type: str = "bce", label_smoothing: float = 0.0) -> Tensor:
+    """Elementwise ``d loss(logit, y) / d y`` of `prm.step_loss`, in closed form (no backward through a model).
+
+    * ``bce``: ``loss = softplus(x) - t x`` so ``d/dy = -(1 - s) x``;
+    * ``mse``: ``loss = (sigmoid(x) - t)^2`` so ``d/dy = -2 (1 - s) (sigmoid(x) - t)``;
+
+    with ``t = y (1 - s) + s / 2`` and ``x`` the step logit.
+    """
+    if loss_type == "bce":
+        return -(1.0 - label_smoothing) * logits
+    if loss_type == "mse":
+        return -2.0 * (1.0 - label_smoothing) * (torch.sigmoid(logits) - smoothed_targets(labels, label_smoothing))
+    raise ValueError(f"loss_type={loss_type!r} is not supported; use one of {LOSS_TYPES}.")
+
+
+def standardise_hypergradient(grad: Tensor, seen: Tensor, centre: bool = False) -> Tensor:
+    """``(g - mean(g)) / rms`` over the ``seen`` entries (zero elsewhere): the per-window label hypergradient.
+
+    The raw scale follows the inner learning-rate schedule (the unrolled step is ``lr``-proportional) and sinks
+    towards Adam's ``eps`` late in training; dividing by the window's RMS keeps each lazy Adam step near ``lr``.
+    ``centre`` removes the window's common mode first: complete meta programs pass less often than prefixes, so
+    that base-rate mismatch pushes every label the same way (|mean| / rms of the raw hypergradient: 0.98 on the
+    hidden-vocabulary task, `benchmarks/bench_hypergradient_quality.py`) and drifted ClassEval labels down.
+    """
+    if not bool(seen.any()):
+        return torch.zeros_like(grad)
+    if centre:
+        grad = grad - grad[seen].mean()
+    return torch.where(seen, grad / grad[seen].pow(2).mean().sqrt().clamp(min=1e-30), torch.zeros_like(grad))
+
+
+@torch.no_grad()
+def _assign(params: Sequence[Tensor], values: Sequence[Tensor]) -> None:
+    for p, v in zip(params, values):
+        p.copy_(v)
+
+
+def darts_hypergradient(
+    params: Sequence[Tensor],
+    inner_grads: Sequence[Tensor],
+    lr: float,
+    meta_grad_fn: Callable[[], tuple[Sequence[Tensor], Tensor]],
+    table_grad_fn: Callable[[], Tensor],
+    alpha: float = 0.01,
+    reduce_fn: Callable[[list[Tensor]], list[Tensor]] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """DARTS finite-difference hypergradient of the one-step-unrolled meta loss with respect to the table ``phi``.
+
+    Args:
+        params: the inner parameters ``theta`` (modified in place during the call, restored bit for bit after).
+        inner_grads: ``grad_theta l(theta, phi)`` -- e.g. the gradient the plain training step left in ``.grad``.
+        lr: inner learning rate ``eta`` of the unrolled SGD step.
+        meta_grad_fn: at the current ``params``, returns ``(grad_theta L_meta, L_meta)``.
+        table_grad_fn: at the current ``params``, returns ``d l / d phi`` (forward passes only).
+        alpha: ``eps = alpha / ||v||``.
+        reduce_fn: averages ``v`` across processes so every rank perturbs identically (identity if ``None``).
+
+    Returns:
+        ``(d L_meta(theta') / d phi, L_meta(theta'))``.
+    """
+    params = list(params)
+    original = [p.detach().clone() for p in params]
+    try:
+        _assign(params, [p - lr * g for p, g in zip(original, inner_grads)])
+        v, meta_loss = meta_grad_fn()
+        v = [t.detach() for t in v]
+        if reduce_fn is not None:
+            v = reduce_fn(v)
+        norm = torch.sqrt(sum((t.double() ** 2).sum() for t in v))
+        if not torch.isfinite(norm):
+            raise FloatingPointError(f"meta gradient norm is {norm.item()}; lower meta_learning_rate or check labels.")
+        eps = alpha / max(norm.item(), 1e-12)
+        _assign(params, [p + eps * t for p, t in zip(original, v)])
+        grad_plus = table_grad_fn()
+        _assign(params, [p - eps * t for p, t in zip(original, v)])
+        grad_minus = table_grad_fn()
+    finally:
+        _assign(params, original)
+    return -lr * (grad_plus - grad_minus) / (2.0 * eps), meta_loss.detach()
+
+
+def unrolled_meta_loss(
+    inner_loss: InnerLoss, meta_loss: MetaLoss, params: Mapping[str, Tensor], phi: Tensor, lr: float
+) -> Tensor:
+    """``L_meta(theta - lr * grad_theta l(theta, phi))`` as a differentiable function of ``phi`` (``torch.func``)."""
+    grads = torch.func.grad(inner_loss)(dict(params), phi)
+    return meta_loss({k: p - lr * grads[k] for k, p in params.items()})
+
+
+def exact_hypergradient(
+    inner_loss: InnerLoss, meta_loss: MetaLoss, params: Mapping[str, Tensor], phi: Tensor, lr: float
+) -> tuple[Tensor, Tensor]:
+    """Exact second-order hypergradient of :func:`unrolled_meta_loss`; returns ``(d L_meta / d phi, L_meta)``.
+
+    ``inner_loss(params, phi)`` and ``meta_loss(params)`` must be pure in ``params`` (e.g. built on
+    ``torch.func.functional_call``). Attention kernels without double backward (flash / memory-efficient SDPA)
+    cannot run here: load the backbone with ``attn_implementation="eager"``.
+    """
+    detached = {k: p.detach() for k, p in params.items()}
+    grad, value = torch.func.grad_and_value(lambda f: unrolled_meta_loss(inner_loss, meta_loss, detached, f, lr))(
+        phi.detach()
+    )
+    return grad, value

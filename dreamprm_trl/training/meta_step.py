@@ -1,0 +1,264 @@
+"""The meta step of `FunctionStepPRMTrainer`, as a mixin: building and checking the meta table, the warm-up on
+train ∪ meta, the meta batch and loss, the hypergradient (DARTS or exact) and the update of the table.
+
+Every meta method is reached through the `meta_methods.MetaTable` interface (targets, inner gradient, results), so
+nothing here depends on which method runs; the pure maths is in `hypergradient`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..prm import aggregate_scores
+from ..schema import IGNORE_INDEX, LABEL_FIXED, STEPS, TASK_ID
+from .config import META_LEARNING_RATES
+from .hypergradient import darts_hypergradient, exact_hypergradient, standardise_hypergradient
+from .meta_methods import MetaTable, build_table, weighted_step_loss
+from .scale import deterministic_train_mode, fp32_parameters, unscaled_grads
+
+logger = logging.getLogger(__name__)
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "step_positions")
+
+
+class MetaStepMixin:
+    """The meta-learning half of `FunctionStepPRMTrainer` (mixed into it; uses the Trainer's state and args)."""
+
+    # ------------------------------------------------------------------------------------------- the table
+    def _build_meta_table(self, train_dataset: Any) -> tuple[MetaTable | None, torch.optim.Optimizer | None]:
+        """The meta table over the train labels (clean ``label_fixed`` entries frozen) and its optimizer."""
+        args = self.args
+        if args.meta_method == "none":
+            return None, None
+        self._check_meta_split(train_dataset)
+        cols = train_dataset.column_names
+        fixed = train_dataset[LABEL_FIXED] if LABEL_FIXED in cols else None
+        table = build_table(args.meta_method, self.noisy_labels, fixed)
+        if table is None:
+            return None, None
+        self._check_meta_step_supported()
+        table.to(args.device)
+        lr = args.meta_learning_rate or META_LEARNING_RATES[args.meta_method]
+        return table, table.make_optimizer(lr)
+
+    def _check_meta_split(self, train_dataset: Any) -> None:
+        """Never the same program in train and meta; with ``meta_split='task'`` never the same problem."""
+        meta = self.meta_dataset
+        if meta is None or self.args.meta_method == "none":
+            return
+        both = set(train_dataset.column_names) & set(meta.column_names)
+        if self.args.meta_split == "task" and TASK_ID in both:
+            shared = set(train_dataset[TASK_ID]) & set(meta[TASK_ID])
+            if shared:
+                raise ValueError(
+                    f"meta_split='task' needs disjoint problems, but {len(shared)} task ids are in both train and "
+                    f"meta sets (e.g. {sorted(shared)[:3]}); split with training.split_by_task or set "
+                    "meta_split='program'."
+                )
+        if STEPS in both:  # the same program of the same problem (or of any problem, without task ids)
+            def keys(ds):
+                tasks = ds[TASK_ID] if TASK_ID in both else [""] * len(ds)
+                return {(t, "".join(s)) for t, s in zip(tasks, ds[STEPS])}
+
+            shared = keys(train_dataset) & keys(meta)
+            if shared:
+                raise ValueError(
+                    f"{len(shared)} programs are both train rows and meta programs; a program's verdict must not "
+                    "be judged by itself. Remove them from one of the two sets."
+                )
+
+    def _check_meta_step_supported(self) -> None:
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            backend = "FSDP" if self.is_fsdp_enabled else "DeepSpeed"
+            raise ValueError(
+                f"meta_method={self.args.meta_method!r} cannot run under {backend}: the meta step perturbs and "
+                "differentiates replicated parameters and reads their gradients, which sharded/partitioned "
+                "training does not expose. Use DDP (`accelerate launch --multi_gpu`, torchrun) or "
+                "meta_method='none'."
+            )
+        checkpointing = self.args.gradient_checkpointing or getattr(self.args, "activation_checkpointing", False)
+        if self.args.hypergradient == "exact" and checkpointing:
+            raise ValueError(
+                "hypergradient='exact' differentiates through torch.func, which activation checkpointing (and the "
+                "input-grad hook PEFT needs with it) does not support; use hypergradient='darts' (checkpointed meta "
+                "passes) or gradient_checkpointing=False."
+            )
+        if self.args.hypergradient == "exact":
+            impl = getattr(getattr(self._backbone_body(), "config", None), "_attn_implementation", "eager")
+            if impl not in (None, "eager"):
+                raise ValueError(
+                    f"hypergradient='exact' differentiates twice through attention, which attn_implementation="
+                    f"{impl!r} does not support; load the backbone with attn_implementation='eager' or use "
+                    "hypergradient='darts'."
+                )
+
+    def _backbone_body(self) -> nn.Module:
+        backbone = self.accelerator.unwrap_model(self.model).backbone
+        return backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+
+    # ------------------------------------------------------------------------------------------- results
+    def corrected_labels(self) -> list[list[float | None]]:
+        """Current corrected labels ``y_hat`` of every train row, aligned with its step labels (list of lists).
+
+        With ``sample_reweighting`` or ``none`` the labels are not changed and the noisy labels are returned.
+        """
+        if self.meta_table is None:
+            return [list(r) for r in self.noisy_labels]
+        return self.meta_table.corrected()
+
+    def sample_weights(self) -> list[list[float | None]] | None:
+        """Current weight of every train prefix (``sample_reweighting``: one per step label, in [0, 2], clean
+        verdicts fixed at 1), aligned with the rows' step labels; ``None`` for the other methods."""
+        return None if self.meta_table is None else self.meta_table.row_weights()
+
+    # ------------------------------------------------------------------------------------------- meta batch
+    def _warmup_meta_backward(self, model: nn.Module) -> None:
+        """Warm-up on train ∪ meta (the authors): add the supervised meta-batch loss to this step's gradient."""
+        batch = self._meta_batch()
+        with self.compute_loss_context_manager():
+            logits = model(**{k: batch[k] for k in MODEL_INPUTS}).step_logits
+            loss = self._meta_loss(logits, batch)
+        self.accelerator.backward(loss)
+        self._meta_logs["meta/warmup_loss"].append(loss.item())
+
+    def _meta_batch(self) -> dict[str, Tensor]:
+        """A meta batch that depends only on (seed, step, rank): resuming from a checkpoint replays it exactly."""
+        seed = self.args.seed + 7919 * self.state.global_step + 104729 * self.accelerator.process_index
+        gen = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(self.meta_dataset), generator=gen)[: self.args.meta_batch_size].tolist()
+        batch = self.meta_collator([self.meta_dataset[i] for i in idx])
+        if batch["input_ids"].shape[0] == 0:
+            raise ValueError(
+                f"Every meta row drawn at step {self.state.global_step} was dropped for exceeding "
+                f"max_length={self.args.max_length}; raise max_length or remove over-long programs from meta_dataset."
+            )
+        return self._prepare_inputs(batch)
+
+    def _meta_loss(self, step_logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """BCE of the aggregated program score against the unit-test verdict, mean over the meta batch."""
+        mask = batch["step_positions"] != IGNORE_INDEX
+        keep = mask.any(-1)
+        score = aggregate_scores(step_logits[keep], self.args.aggregation, mask=mask[keep], logits=True)
+        return F.binary_cross_entropy(score.clamp(1e-6, 1 - 1e-6), batch["final_labels"][keep].to(score.dtype))
+
+    def _table_loss(self, step_logits: Tensor, batch: dict[str, Tensor], phi: Tensor, num_items: Tensor) -> Tensor:
+        """The inner loss of one micro-batch as a function of the table variable ``phi`` (for ``exact``)."""
+        targets, weights = self.meta_table.targets(batch["row_ids"], batch["step_labels"], phi)
+        per, _ = weighted_step_loss(step_logits, targets, weights, self.args.loss_type, self.args.label_smoothing)
+        return per.sum() / num_items
+
+    def _table_grad(self, step_logits: Tensor, batch: dict[str, Tensor], num_items: Tensor) -> Tensor:
+        """``d l / d phi`` of one micro-batch from its step logits alone (`MetaTable.inner_grad`)."""
+        return self.meta_table.inner_grad(step_logits, batch["step_labels"], batch["row_ids"], self.args.loss_type,
+                                          self.args.label_smoothing, num_items)
+
+    # ------------------------------------------------------------------------------------------- meta update
+    def meta_step(self, model: nn.Module, window: Sequence[dict[str, Tensor]], num_items: Tensor | None) -> None:
+        """One outer update of the meta table from this optimizer step's micro-batches ``window``."""
+        phi = self.meta_table.phi
+        result = self.compute_hypergradient(model, window, num_items)
+        if result is None:  # fp16 loss-scale overflow: the optimizer skips this step as well
+            logger.warning("Skipped the meta step at step %d: the inner gradients are not finite (fp16 loss-scale "
+                           "overflow).", self.state.global_step)
+            return
+        hypergrad, meta_loss = result
+        seen = (hypergrad != 0) & self.meta_table.learnable
+        grad = standardise_hypergradient(hypergrad.to(phi.dtype), seen, self.args.meta_centre_hypergradient)
+        if self.args.meta_weight_decay:  # in the standardised units: on the raw ~1e-6 scale it swamped the signal
+            grad = grad + self.meta_table.decay_grad(self.args.meta_weight_decay) * seen
+        phi.grad = self.meta_table.sparse_grad(grad)  # lazy Adam: rows not in this window keep still
+        self.meta_optimizer.step()
+        self.meta_optimizer.zero_grad(set_to_none=True)
+        self.meta_table.project_()
+        self._meta_logs["meta/loss"].append(meta_loss.item())
+        self._meta_logs["meta/hypergrad_norm"].append(hypergrad.norm().item())
+
+    def compute_hypergradient(
+        self, model: nn.Module, window: Sequence[dict[str, Tensor]], num_items: Tensor | None
+    ) -> tuple[Tensor, Tensor] | None:
+        """``(d L_meta / d phi, L_meta)`` of the one-step unroll over ``window``, summed/averaged over processes.
+
+        ``darts`` takes the inner gradient from ``.grad`` (left by the plain step, already averaged over processes;
+        zeros if absent) and needs one forward+backward on the meta batch plus two forwards per micro-batch.
+        ``exact`` recomputes everything through ``torch.func``; under several processes its unrolled step uses
+        this process's share of the inner gradient only (an approximation ``darts`` does not make).
+        ``None`` when fp16 gradients overflowed (`scale.unscaled_grads`); the meta step is then skipped.
+        """
+        prm = self.accelerator.unwrap_model(model)
+        named = [(n, p) for n, p in prm.named_parameters() if p.requires_grad]
+        if num_items is None:
+            num_items = sum((b["step_labels"] != IGNORE_INDEX).sum() for b in window)
+        num_items = torch.as_tensor(num_items, device=self.meta_table.phi.device).float().clamp(min=1)
+        lr = self.args.meta_inner_learning_rate or (
+            self._get_learning_rate() if self.lr_scheduler is not None else self.args.learning_rate
+        )
+        meta_batch = self._meta_batch()
+        world = self.accelerator.num_processes
+        # deterministic (no dropout) meta passes that still checkpoint; fp32 so the finite differences are exact
+        with deterministic_train_mode(prm), fp32_parameters(prm):
+            if self.args.hypergradient == "darts":
+                result = self._darts(prm, [p for _, p in named], window, meta_batch, num_items, lr)
+                if result is None:
+                    return None
+                hypergrad, meta_loss = result
+            else:
+                hypergrad, meta_loss = self._exact(prm, named, window, meta_batch, num_items, lr)
+        if world > 1:
+            hypergrad = self.accelerator.reduce(hypergrad.contiguous(), "sum")
+            meta_loss = self.accelerator.reduce(meta_loss.detach().reshape(1), "mean")[0]
+        if not torch.isfinite(hypergrad).all():
+            raise FloatingPointError(
+                f"Non-finite meta gradient at step {self.state.global_step}; lower meta_learning_rate or darts_alpha."
+            )
+        return hypergrad, meta_loss
+
+    def _darts(self, prm, params, window, meta_batch, num_items, lr) -> tuple[Tensor, Tensor] | None:
+        """DARTS hypergradient from the inner gradient in ``.grad`` (``None`` on an fp16 overflow)."""
+        world = self.accelerator.num_processes
+        grads = unscaled_grads([p.grad if p.grad is not None else torch.zeros_like(p) for p in params],
+                               self.accelerator.scaler)
+        if grads is None:
+            return None
+
+        def meta_grad_fn():
+            with torch.enable_grad():
+                logits = prm(**{k: meta_batch[k] for k in MODEL_INPUTS}).step_logits
+                loss = self._meta_loss(logits, meta_batch)
+                v = torch.autograd.grad(loss, params, allow_unused=True)
+            return [torch.zeros_like(p) if g is None else g for p, g in zip(params, v)], loss
+
+        @torch.no_grad()
+        def table_grad_fn():
+            return sum(
+                self._table_grad(prm(**{k: b[k] for k in MODEL_INPUTS}).step_logits, b, num_items)
+                for b in window
+            )
+
+        def reduce_fn(v):
+            return [self.accelerator.reduce(t, "mean") for t in v] if world > 1 else v
+
+        return darts_hypergradient(params, grads, lr, meta_grad_fn, table_grad_fn, self.args.darts_alpha, reduce_fn)
+
+    def _exact(self, prm, named, window, meta_batch, num_items, lr) -> tuple[Tensor, Tensor]:
+        """Second-order hypergradient through ``torch.func.functional_call`` (this process's window)."""
+        theta = {n: p for n, p in named}
+
+        def logits(params, batch):
+            return torch.func.functional_call(
+                prm, params, args=(), kwargs={k: batch[k] for k in MODEL_INPUTS}, strict=False
+            ).step_logits
+
+        def inner_loss(params, phi):
+            return sum(self._table_loss(logits(params, b), b, phi, num_items) for b in window)
+
+        def meta_loss(params):
+            return self._meta_loss(logits(params, meta_batch), meta_batch)
+
+        with torch.enable_grad():
+            return exact_hypergradient(inner_loss, meta_loss, theta, self.meta_table.phi, lr)
