@@ -292,7 +292,7 @@ class FunctionStepPRMTrainer(MetaStepMixin, Trainer):
         """``eval_loss`` on rows with step labels, and reranking metrics on candidate groups.
 
         Rows ``{"task_id", "prompt", "steps"|"code", "passed"}`` (one per candidate) are scored with
-        ``aggregation``; `metrics.rerank_metrics` gives reranked pass@1 (PRM pick), mean pass@1 (random
+        ``aggregation``; `evaluation.metrics.rerank_metrics` gives reranked pass@1 (PRM pick), mean pass@1 (random
         pick), oracle pass@N and bootstrap CIs, logged as ``{prefix}_reranked_pass@1`` etc.
         """
         dataset = self._prepare_eval(eval_dataset, self.processing_class) if eval_dataset is not None \
@@ -321,7 +321,7 @@ class FunctionStepPRMTrainer(MetaStepMixin, Trainer):
         return metrics
 
     def rerank_metrics(self, dataset: Any) -> dict[str, float]:
-        """Score every candidate of ``dataset`` (sharded over processes) and compute `metrics.rerank_metrics`."""
+        """Score every candidate of ``dataset`` (sharded over processes) and compute `evaluation.metrics.rerank_metrics`."""
         from accelerate.utils import gather_object
 
         from ..evaluation.metrics import rerank_metrics
