@@ -107,22 +107,30 @@ def _trainer(prm, train, meta, meta_method: str, args: argparse.Namespace, devic
                                   meta_dataset=datasets.Dataset.from_list(meta))
 
 
-def _timed_steps(trainer, inputs, repeats: int, warmup: int, device: str) -> tuple[float, float | None]:
-    """Median seconds of ``training_step`` on ``inputs`` and the peak allocated GiB (CUDA only)."""
+def _timed_pair(trainers: dict, inputs, repeats: int, warmup: int, device: str) -> dict[str, tuple]:
+    """Per trainer: median seconds of ``training_step`` on ``inputs`` and peak allocated GiB (CUDA only, else None).
+
+    The trainers' steps alternate, so a load change on a shared machine hits every trainer alike and the ratio
+    between them holds.
+    """
     import torch
 
-    step = step_closure(trainer, inputs, device)
+    steps = {name: step_closure(trainer, inputs, device) for name, trainer in trainers.items()}
     for _ in range(warmup):
-        step()
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    times = []
+        for step in steps.values():
+            step()
+    times = {name: [] for name in steps}
+    peaks = {name: [] for name in steps}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
-    return statistics.median(times), peak
+        for name, step in steps.items():
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t0)
+            if device == "cuda":
+                peaks[name].append(torch.cuda.max_memory_allocated() / 2**30)
+    return {name: (statistics.median(times[name]), max(peaks[name]) if peaks[name] else None) for name in steps}
 
 
 def _set_checkpointing(prm, on: bool) -> None:
@@ -142,8 +150,8 @@ def _training_cells(size: str, prm, tokenizer, args, device: str) -> list[dict]:
     cells = []
     for ckpt in (False, True):
         _set_checkpointing(prm, ckpt)
-        t_plain, m_plain = _timed_steps(plain, inputs, args.repeats, args.warmup, device)
-        t_meta, m_meta = _timed_steps(darts, inputs, args.repeats, args.warmup, device)
+        timed = _timed_pair({"plain": plain, "meta": darts}, inputs, args.repeats, args.warmup, device)
+        (t_plain, m_plain), (t_meta, m_meta) = timed["plain"], timed["meta"]
         cells.append({"size": size, "checkpointing": ckpt, "batch_tokens": tokens,
                       "tokens_per_row": tokens / args.batch, "plain_s": t_plain, "tokens_per_s": tokens / t_plain,
                       "meta_s": t_meta, "meta_ratio": t_meta / t_plain, "peak_gib_plain": m_plain,
@@ -243,15 +251,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=None, help="rows per step (default 4; --tiny 2)")
     parser.add_argument("--candidates", type=int, default=None, help="scored candidates (default 16; --tiny 2)")
     parser.add_argument("--score-batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=None, help="timed steps (default 3; --tiny 1)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 1; --tiny 0)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps (default 3)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 1)")
     parser.add_argument("--budget-s", type=float, default=420.0, help="skip sizes not started by then")
     parser.add_argument("--out", default=None, help="output path without suffix (default results/gpu[_tiny])")
     args = parser.parse_args(argv)
     tiny = args.tiny
     defaults = {"sizes": ["tiny"] if tiny else ["qwen2.5-0.5b", "qwen2.5-1.5b"], "seq_len": 512 if tiny else 2048,
-                "batch": 2 if tiny else 4, "candidates": 2 if tiny else 16, "repeats": 1 if tiny else 3,
-                "warmup": 0 if tiny else 1, "out": str(RESULTS / ("gpu_tiny" if tiny else "gpu"))}
+                "batch": 2 if tiny else 4, "candidates": 2 if tiny else 16, "repeats": 3,
+                "warmup": 1, "out": str(RESULTS / ("gpu_tiny" if tiny else "gpu"))}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
