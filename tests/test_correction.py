@@ -87,29 +87,33 @@ def test_label_table_layout_fixed_entries_and_stats():
         LabelTable([[0.5, 1.0]], fixed=[[True]])
 
 
-def test_label_table_lazy_update_moves_only_seen_labels():
-    """SparseAdam on the touched entries: a seen label moves by about lr; unseen and fixed ones never move."""
+def test_label_table_update_is_clipped_sgd_on_seen_labels_only():
+    """SGD on the clipped standardised hypergradient: a seen label moves by lr x its gradient, at most lr per step
+    (clip 1); unseen and fixed labels never move."""
     table = LabelTable([[0.9, 1.0], [0.2, 0.0]], fixed=[[False, True], [False, True]])
     opt = table.make_optimizer(lr=0.1)
-    for _ in range(3):
-        grad = torch.tensor([2e-5, -1.0, 0.0, 0.0], dtype=torch.float32)  # row 0 seen; its verdict too
-        table.y.grad = table.sparse_grad(grad)
+    for grad in ([0.5, -1.0, 0.0, 0.0], [0.5, -1.0, 0.0, 0.0], [4.0, -1.0, 0.0, 0.0]):  # row 0 seen; its verdict too
+        table.y.grad = table.sparse_grad(table.step_direction(torch.tensor(grad, dtype=torch.float32)))
         opt.step()
         table.project_()
     y = table.y.detach().tolist()
-    assert y[0] == pytest.approx(0.9 - 0.3, abs=0.02)  # three steps of ~lr, independent of the gradient scale
+    assert y[0] == pytest.approx(0.9 - 0.05 - 0.05 - 0.1, abs=1e-6)  # 4.0 is clipped to one RMS: a step of lr
     assert y[1:] == pytest.approx([1.0, 0.2, 0.0])
 
 
 def test_standardise_hypergradient_centres_and_scales_seen_entries():
-    """Centring removes the window's common mode (a shift of every label the same way); both forms have RMS 1
-    over the seen entries and leave unseen entries at zero."""
+    """Centring removes the window's common mode (a shift of every label the same way); both forms are divided by
+    the raw RMS over the seen entries (a nearly constant window stays small once centred) and leave unseen entries
+    at zero."""
     grad = torch.tensor([3.0, 1.0, 0.0, 2.0])
     seen = torch.tensor([True, True, False, True])
     plain = standardise_hypergradient(grad, seen)
     assert plain.tolist() == pytest.approx([3 / (14 / 3) ** 0.5, 1 / (14 / 3) ** 0.5, 0.0, 2 / (14 / 3) ** 0.5])
-    centred = standardise_hypergradient(grad, seen, centre=True)  # [1, -1, ., 0] / sqrt(2/3)
-    assert centred.tolist() == pytest.approx([1.5 ** 0.5, -(1.5 ** 0.5), 0.0, 0.0])
+    centred = standardise_hypergradient(grad, seen, centre=True)  # [1, -1, ., 0] / sqrt(14/3)
+    assert centred.tolist() == pytest.approx([(3 / 14) ** 0.5, -((3 / 14) ** 0.5), 0.0, 0.0])
+    near_constant = standardise_hypergradient(torch.tensor([1.0, 1.0 + 1e-4, 1.0 - 1e-4]), torch.ones(3, dtype=torch.bool),
+                                              centre=True)  # the residual of a common mode stays at its own size
+    assert near_constant.tolist() == pytest.approx([0.0, 1e-4, -1e-4], abs=1e-6)
     assert standardise_hypergradient(grad, torch.zeros(4, dtype=torch.bool), centre=True).tolist() == [0.0] * 4
 
 

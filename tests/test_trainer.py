@@ -252,9 +252,7 @@ def test_save_resume_restores_meta_state_and_continues_identically(tmp_path):
     resumed.load_meta_state(str(ckpt))
     assert torch.equal(resumed.meta_table.y, saved["table"]["y"])
     assert not torch.equal(resumed.meta_table.y, resumed.meta_table.phi_init)
-    opt = resumed.meta_optimizer.state_dict()["state"][0]
-    assert torch.equal(opt["exp_avg"], saved["optimizer"]["state"][0]["exp_avg"])
-    assert torch.equal(opt["exp_avg_sq"], saved["optimizer"]["state"][0]["exp_avg_sq"])
+    assert resumed.meta_optimizer.state_dict() == saved["optimizer"]  # the label table's SGD: lr, no moments
 
     resumed = FunctionStepPRMTrainer(tiny_prm(seed=1), _config(tmp_path, output_dir=str(tmp_path / "b"), **kw),
                                      train_dataset=train, meta_dataset=meta)
@@ -264,8 +262,6 @@ def test_save_resume_restores_meta_state_and_continues_identically(tmp_path):
     for k in pf:
         torch.testing.assert_close(pr[k], pf[k], rtol=0, atol=1e-6)
     assert _losses(resumed)[-1] == pytest.approx(_losses(full)[-1], rel=1e-6)
-    a, b = full.meta_optimizer.state_dict()["state"][0], resumed.meta_optimizer.state_dict()["state"][0]
-    torch.testing.assert_close(a["exp_avg"], b["exp_avg"], rtol=0, atol=1e-7)
 
 
 def _label_error(labels, truth):

@@ -15,7 +15,7 @@ META_METHODS = ("label_correction", "sample_reweighting", "none")
 HYPERGRADIENTS = ("darts", "exact")
 META_SPLITS = ("task", "program")
 #: Default meta learning rate per method (``meta_learning_rate=None``); see the field's help for the sources.
-META_LEARNING_RATES = {"label_correction": 0.2, "sample_reweighting": 1e-2}
+META_LEARNING_RATES = {"label_correction": 0.5, "sample_reweighting": 1e-2}
 #: Fields this config shares with `prm.PRMConfig`, under the same names: the trainer copies them into the PRM's
 #: config so that a saved PRM records how it was trained.
 PRM_FIELDS = ("step_token", "loss_type", "label_smoothing", "aggregation", "max_length")
@@ -67,7 +67,7 @@ class FunctionStepPRMConfig(TrainingArguments):
             only for the label term) or ``exact`` (second order through ``torch.func``; needs eager attention).
         darts_alpha (`float`, defaults to `0.01`): DARTS step ``eps = darts_alpha / ||v||``.
         meta_learning_rate (`float`, *optional*): learning rate of the meta table; ``None`` picks the method's
-            default: 0.2 for label correction (lazy Adam on labels in [0, 1]; see the README), 1e-2 for sample
+            default: 0.5 for label correction (SGD on labels in [0, 1], at most 0.5 per visit; see the README), 1e-2 for sample
             reweighting (the authors' code).
         meta_weight_decay (`float`, defaults to `0.002`): pulls the table towards its initial state (noisy labels,
             weights 1); the authors' 0.002.
@@ -148,7 +148,7 @@ class FunctionStepPRMConfig(TrainingArguments):
     darts_alpha: float = field(default=0.01, metadata={"help": "DARTS perturbation: eps = darts_alpha / ||v||."})
     meta_learning_rate: float | None = field(
         default=None,
-        metadata={"help": "Meta table learning rate; None: 0.2 (label_correction), 1e-2 (sample_reweighting)."},
+        metadata={"help": "Meta table learning rate; None: 0.5 (label_correction), 1e-2 (sample_reweighting)."},
     )
     meta_weight_decay: float = field(
         default=0.002, metadata={"help": "Decay of the meta table towards its initial state (noisy labels, weight 1)."}

@@ -47,6 +47,8 @@ class MetaTable(nn.Module):
 
     kind: str = ""
     bounds: tuple[float, float] = (0.0, 1.0)
+    #: Largest step of one entry per meta update, in units of the standardised hypergradient (``None``: no clip).
+    step_clip: float | None = None
 
     def __init__(self, labels: Sequence[Sequence[float | None]], fixed: Sequence[Sequence[bool]] | None = None):
         super().__init__()
@@ -131,6 +133,10 @@ class MetaTable(nn.Module):
         Adam kept moving entries not seen for many steps through its momentum."""
         return torch.optim.SparseAdam([self.phi], lr=lr)
 
+    def step_direction(self, grad: Tensor) -> Tensor:
+        """The standardised hypergradient as the optimizer gets it: clipped to ``step_clip`` where set."""
+        return grad if self.step_clip is None else grad.clamp(-self.step_clip, self.step_clip)
+
     def sparse_grad(self, grad: Tensor) -> Tensor:
         """The dense hypergradient restricted to the learnable entries it touches (a sparse COO tensor)."""
         idx = torch.nonzero((grad != 0) & self.learnable).reshape(1, -1)
@@ -154,14 +160,16 @@ class LabelTable(MetaTable):
     """Corrected step labels ``y_hat`` in [0, 1], initialised at the noisy labels (label correction).
 
     The labels are the parameters themselves, projected back to [0, 1] after each step: no logit clip, so the
-    inner loss sees exactly the targets the baselines see. They are updated lazily (`torch.optim.SparseAdam`):
-    only the labels of rows in the current window move, by about ``lr`` per visit, so a label visited a few
-    times per epoch can cross 0.5 (an Adam step on logits moved about 0.01 per visit and kept moving rows long
-    after they were seen).
+    inner loss sees exactly the targets the baselines see. Each meta update is a plain SGD step on the standardised
+    hypergradient clipped to one RMS (`step_clip`), on the labels of the current window only: a label moves in
+    proportion to how strongly the clean verdicts point at it, at most ``lr`` per visit. Lazy Adam (the previous
+    rule) moved every visited label by about ``lr`` whatever the size of its hypergradient, so at batch 64 correct
+    labels with a weak, noisy hypergradient wandered across 0.5 (`benchmarks/results/correction_tried.md`).
     """
 
     kind = "label_correction"
     bounds = (0.0, 1.0)
+    step_clip = 1.0
 
     def __init__(self, labels: Sequence[Sequence[float | None]], fixed: Sequence[Sequence[bool]] | None = None):
         super().__init__(labels, fixed)
@@ -172,6 +180,10 @@ class LabelTable(MetaTable):
     @property
     def phi(self) -> nn.Parameter:
         return self.y
+
+    def make_optimizer(self, lr: float) -> torch.optim.Optimizer:
+        """Plain SGD (sparse: only the window's labels move); the step size comes from `step_direction`."""
+        return torch.optim.SGD([self.phi], lr=lr)
 
     def labels(self, row_ids: Tensor, step_labels: Tensor, y: Tensor | None = None) -> Tensor:
         """Corrected labels in the layout of the collator's ``step_labels`` (`IGNORE_INDEX` where the collator has none).

@@ -172,7 +172,8 @@ class MetaStepMixin:
         grad = standardise_hypergradient(hypergrad.to(phi.dtype), seen, self.args.meta_centre_hypergradient)
         if self.args.meta_weight_decay:  # in the standardised units: on the raw ~1e-6 scale it swamped the signal
             grad = grad + self.meta_table.decay_grad(self.args.meta_weight_decay) * seen
-        phi.grad = self.meta_table.sparse_grad(grad)  # lazy Adam: rows not in this window keep still
+        grad = self.meta_table.step_direction(grad)
+        phi.grad = self.meta_table.sparse_grad(grad)  # sparse: rows not in this window keep still
         self.meta_optimizer.step()
         self.meta_optimizer.zero_grad(set_to_none=True)
         self.meta_table.project_()
