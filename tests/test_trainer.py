@@ -1,5 +1,6 @@
 """FunctionStepPRMTrainer: loss normalisation, meta step wiring, checkpoints, DDP, and label correction that works."""
 
+import math
 import os
 import subprocess
 import sys
@@ -472,3 +473,17 @@ def test_lora_resume_through_the_stock_trainer_path_restores_the_trained_weights
     for k in pf:
         torch.testing.assert_close(pr[k], pf[k], rtol=0, atol=1e-6)
     torch.testing.assert_close(resumed.meta_table.y, full.meta_table.y, rtol=0, atol=1e-6)
+
+
+def test_meta_loss_reads_each_programs_last_step_whatever_the_aggregation(tmp_path):
+    """The meta loss is BCE of a meta program's own last-step score against its verdict (the authors' code);
+    ``aggregation`` (here ``min``) only scores programs for evaluation."""
+    train, meta, _ = noisy_task(n_train=4, n_meta=4, train_lengths=(1, 2))
+    trainer = FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path, aggregation="min"), train_dataset=train,
+                                     meta_dataset=meta)
+    positions = torch.tensor([[3, 7, 9], [4, 8, -100]])
+    logits = torch.tensor([[2.0, -1.0, 0.5], [-3.0, 1.5, 9.0]])  # min is step 1 / step 0; last is step 2 / step 1
+    batch = {"step_positions": positions, "final_labels": torch.tensor([1.0, 0.0])}
+    loss = trainer._meta_loss(logits, batch)
+    expected = -(math.log(1 / (1 + math.exp(-0.5))) + math.log(1 - 1 / (1 + math.exp(-1.5)))) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)

@@ -49,8 +49,8 @@ class FunctionStepPRMConfig(TrainingArguments):
             ``mse`` (20 -> 23), see the README.
         label_smoothing (`float`, defaults to `0.1`): targets become ``y (1 - s) + s / 2`` (the authors' 0.1); the
             one target transform of every meta method, so comparisons between them are not confounded.
-        aggregation (`str`, defaults to `"min"`): how step scores make a program score, in the meta loss and
-            in evaluation (``min | mean | last | prod | logodds``).
+        aggregation (`str`, defaults to `"min"`): how step scores make a program score in evaluation and
+            reranking (``min | mean | last | prod | logodds``); the meta loss always reads a program's last step.
 
         > LoRA (used when the trainer builds the PRM from a backbone name and no ``peft_config`` is given)
 
@@ -123,7 +123,8 @@ class FunctionStepPRMConfig(TrainingArguments):
     )
     aggregation: str = field(
         default="min",
-        metadata={"help": "Step scores -> program score (meta loss, evaluation).", "choices": list(AGGREGATIONS)},
+        metadata={"help": "Step scores -> program score (evaluation, reranking; the meta loss reads the last step).",
+                  "choices": list(AGGREGATIONS)},
     )
 
     # LoRA

@@ -141,10 +141,15 @@ class MetaStepMixin:
         return self._prepare_inputs(batch)
 
     def _meta_loss(self, step_logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
-        """BCE of the aggregated program score against the unit-test verdict, mean over the meta batch."""
+        """BCE of each program's own score (its last step) against its unit-test verdict, mean over the meta batch.
+
+        The last step, not ``args.aggregation``, as the authors' code: a complete program's last-step score is the
+        PRM's judgement of the whole program. With ``min`` the meta loss reached the labels through whichever step
+        scored lowest; on the marked benchmark family, 3 seeds, the worst wrong-side ratio went 0.29x -> 0.15x.
+        """
         mask = batch["step_positions"] != IGNORE_INDEX
         keep = mask.any(-1)
-        score = aggregate_scores(step_logits[keep], self.args.aggregation, mask=mask[keep], logits=True)
+        score = aggregate_scores(step_logits[keep], "last", mask=mask[keep], logits=True)
         return F.binary_cross_entropy(score.clamp(1e-6, 1 - 1e-6), batch["final_labels"][keep].to(score.dtype))
 
     def _table_loss(self, step_logits: Tensor, batch: dict[str, Tensor], phi: Tensor, num_items: Tensor) -> Tensor:
