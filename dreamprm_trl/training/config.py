@@ -67,8 +67,8 @@ class FunctionStepPRMConfig(TrainingArguments):
             only for the label term) or ``exact`` (second order through ``torch.func``; needs eager attention).
         darts_alpha (`float`, defaults to `0.01`): DARTS step ``eps = darts_alpha / ||v||``.
         meta_learning_rate (`float`, *optional*): learning rate of the meta table; ``None`` picks the method's
-            default: 0.5 for label correction (SGD on labels in [0, 1], at most 0.5 per visit; see the README), 1e-2 for sample
-            reweighting (the authors' code).
+            default: 0.5 for label correction (SGD on labels in [0, 1], at most 0.5 per visit; see the README),
+            1e-2 for sample reweighting (the authors' code).
         meta_weight_decay (`float`, defaults to `0.002`): pulls the table towards its initial state (noisy labels,
             weights 1); the authors' 0.002.
         meta_interval (`int`, defaults to `1`): optimizer steps between meta updates.

@@ -57,7 +57,7 @@ def standardise_hypergradient(grad: Tensor, seen: Tensor, centre: bool = False) 
     hidden-vocabulary task, `benchmarks/bench_hypergradient_quality.py`) and drifted ClassEval labels down.
     The RMS is the raw gradient's, taken before centring: where the common mode is nearly all there is, what is
     left is small and the labels barely move, instead of being blown up to full steps (on the hidden vocabulary
-    the residual is a coin flip; in a 2-process test it was summation-order noise).
+    the residual is a coin flip: MAE ratio 1.09-1.27 x noisy against 1.45-2.28 x with the centred RMS).
     """
     if not bool(seen.any()):
         return torch.zeros_like(grad)
