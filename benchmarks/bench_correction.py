@@ -18,24 +18,29 @@ too: the same train ∪ meta data, only the meta step differs). Columns: MAE and
 learnable labels against truth (reweighting: weighted by its learned weights), reranked pass@1 of each PRM, and the
 paired bootstrap CI of corrected minus noisy pass@1 (problems pooled over seeds).
 
-Part ``ranking`` repeats the cells on unmarked steps (``vocabulary="hidden"``: 32 good and 32 bad strings, a seeded
-random map) with 200 held-out problems x 8 candidates, where the marked task's ranking saturates. Part
-``classeval`` compares MC and corrected labels of real ClassEval trajectories with ``step_ground_truth``.
+Every cell also trains a PRM on the *true* step labels: the ceiling of any label method, so that truth - none is
+the pass@1 that better labels can buy at all (the headroom). Part ``ranking`` repeats the cells on unmarked steps
+(``vocabulary="hidden"``: 8 or 32 good strings and as many bad ones, a seeded random map) with 200 held-out
+problems x 8 candidates, where the marked task's ranking saturates. Part ``classeval`` compares MC and corrected
+labels of real ClassEval trajectories with ``step_ground_truth``.
 
-    nice -n 10 python benchmarks/bench_correction.py                      # all parts (~8 min on one shared core)
+    nice -n 10 python benchmarks/bench_correction.py                      # all parts (~35 min on one core)
     nice -n 10 python benchmarks/bench_correction.py --part ranking       # one part; the others are kept
     nice -n 10 python benchmarks/bench_correction.py --quick              # one seed, fewer settings
+    nice -n 10 python benchmarks/bench_correction.py --workers 2          # cells on two processes (~18 min)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import random
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import datasets
 import numpy as np
@@ -66,15 +71,16 @@ def hidden_vocabulary(seed: int, size: int = HIDDEN_SIZE) -> tuple[list[str], li
 
 
 def synthetic_task(noise: str, seed: int, n_problems: int = 96, per_problem: int = 2, n_eval: int = 48,
-                   candidates: int = 8, vocabulary: str = "marked") -> dict:
+                   candidates: int = 8, vocabulary: str = "marked", hidden_size: int = HIDDEN_SIZE) -> dict:
     """Train rows (noisy learnable labels + clean final), meta programs, eval candidate groups, and the truth.
 
-    ``vocabulary="marked"``: a step's goodness is written on it (``a3+`` / ``a3-``); ``"hidden"``: 32 good and 32
-    bad unmarked strings (:func:`hidden_vocabulary`), so a PRM must learn each string's goodness from the labels.
+    ``vocabulary="marked"``: a step's goodness is written on it (``a3+`` / ``a3-``); ``"hidden"``: ``hidden_size``
+    good and as many bad unmarked strings (:func:`hidden_vocabulary`), so a PRM must learn each string's goodness
+    from the labels (fewer strings: more labels per string).
     """
     if vocabulary not in ("marked", "hidden"):
         raise ValueError(f"vocabulary={vocabulary!r}: use 'marked' or 'hidden'.")
-    good_steps, bad_steps = (GOOD, BAD) if vocabulary == "marked" else hidden_vocabulary(seed)
+    good_steps, bad_steps = (GOOD, BAD) if vocabulary == "marked" else hidden_vocabulary(seed, hidden_size)
     rng = random.Random(seed)
     quality = [rng.uniform(0.55, 0.95) for _ in range(n_problems + n_eval)]
 
@@ -113,7 +119,10 @@ def make_prm(seed: int, texts: list[str] | None = None, vocab_size: int = 300) -
     return FunctionStepPRM.from_backbone(body, tok)
 
 
-def train(task: dict, labels: list[list[float]], method: str, batch: int, steps: int, seed: int, tmp: str):
+def train(task: dict, labels: list[list[float]], method: str, batch: int, steps: int, seed: int, tmp: str,
+          trainer_cls: type = FunctionStepPRMTrainer):
+    """A PRM trained on ``task``'s train rows with ``labels`` and its meta set, library defaults (``trainer_cls``:
+    a subclass that records something, for the diagnostics)."""
     rows = [dict(r, mc_labels=y) for r, y in zip(task["train"], labels)]
     cols = ["task_id", "prompt", "steps", "mc_labels", FIXED_LABEL_COLUMN]
     ds = datasets.Dataset.from_list([{k: r[k] for k in cols} for r in rows])
@@ -122,8 +131,7 @@ def train(task: dict, labels: list[list[float]], method: str, batch: int, steps:
         learning_rate=3e-3, per_device_train_batch_size=batch, max_steps=steps, seed=seed, meta_method=method,
     )
     prm = make_prm(seed, task.get("texts"), task.get("vocab_size", 300))
-    trainer = FunctionStepPRMTrainer(prm, args, train_dataset=ds,
-                                     meta_dataset=datasets.Dataset.from_list(task["meta"]))
+    trainer = trainer_cls(prm, args, train_dataset=ds, meta_dataset=datasets.Dataset.from_list(task["meta"]))
     trainer.train()
     return trainer
 
@@ -159,13 +167,16 @@ def label_error(task: dict, labels: list[list[float]], weights=None) -> tuple[fl
     return err / max(total, 1e-12), wrong / max(total, 1e-12)
 
 
-def run_cell(noise: str, batch: int, seed: int, steps: int, vocabulary: str = "marked", n_eval: int = 48) -> dict:
-    """One (noise, batch, seed): label errors and held-out reranking of the plain, corrected, reweighted and
-    self-trained PRMs (see the module docstring)."""
-    task = synthetic_task(noise, seed, n_eval=n_eval, vocabulary=vocabulary)
+def run_cell(noise: str, batch: int, seed: int, steps: int, vocabulary: str = "marked", n_eval: int = 48,
+             hidden_size: int = HIDDEN_SIZE) -> dict:
+    """One (noise, batch, seed): label errors and held-out reranking of the plain, corrected, reweighted,
+    self-trained and truth-trained PRMs (see the module docstring)."""
+    task = synthetic_task(noise, seed, n_eval=n_eval, vocabulary=vocabulary, hidden_size=hidden_size)
     noisy = [r["mc_labels"] for r in task["train"]]
     groups = task["groups"]
-    out = {"noise": noise, "batch": batch, "seed": seed, "vocabulary": vocabulary, "noisy": label_error(task, noisy),
+    size = hidden_size if vocabulary == "hidden" else len(GOOD)
+    out = {"noise": noise, "batch": batch, "seed": seed, "vocabulary": vocabulary, "size": size,
+           "noisy": label_error(task, noisy),
            "pass_oracle": [float(any(t[-1] for _, t in g)) for g in groups],
            "pass_random": [float(np.mean([t[-1] for _, t in g])) for g in groups]}
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,31 +193,40 @@ def run_cell(noise: str, batch: int, seed: int, steps: int, vocabulary: str = "m
         out["pass_rw"], out["auroc_rw"] = pass_values(rw.model, groups).tolist(), step_auroc(rw.model, groups)
         st = train(task, preds, "none", batch, steps, seed, tmp)
         out["pass_self"], out["auroc_self"] = pass_values(st.model, groups).tolist(), step_auroc(st.model, groups)
+        tt = train(task, [r["truth"] for r in task["train"]], "none", batch, steps, seed, tmp)
+        out["pass_truth"], out["auroc_truth"] = pass_values(tt.model, groups).tolist(), step_auroc(tt.model, groups)
     return out
 
 
-PRMS = ("none", "lc", "rw", "self")
+PRMS = ("none", "lc", "rw", "self", "truth")
 
 
 def summarise(cells: list[dict]) -> list[dict]:
     """Mean ± sd over seeds per (noise, batch); pass@1 pooled over seeds' problems with paired bootstrap CIs."""
     table = []
-    for key in dict.fromkeys((c["noise"], c["batch"]) for c in cells):
-        group = [c for c in cells if (c["noise"], c["batch"]) == key]
-        row = {"noise": key[0], "batch": key[1], "seeds": len(group)}
+    def key(c: dict) -> tuple:
+        return c.get("size", HIDDEN_SIZE if c["vocabulary"] == "hidden" else len(GOOD)), c["noise"], c["batch"]
+
+    for k in dict.fromkeys(map(key, cells)):
+        group = [c for c in cells if key(c) == k]
+        row = {"size": k[0], "noise": k[1], "batch": k[2], "seeds": len(group)}
         for name in ("noisy", "corrected", "reweighted", "plain_preds"):
             for i, what in enumerate(("mae", "wrong")):
                 v = np.array([c[name][i] for c in group])
                 row[f"{name}_{what}"], row[f"{name}_{what}_sd"] = float(v.mean()), float(v.std())
-        for name in PRMS + ("oracle", "random"):
+        for name in [n for n in PRMS + ("oracle", "random") if f"pass_{n}" in group[0]]:
             row[f"pass_{name}"] = float(np.mean([v for c in group for v in c[f"pass_{name}"]]))
         for name in PRMS:
             if f"auroc_{name}" in group[0]:
                 row[f"auroc_{name}"] = float(np.mean([c[f"auroc_{name}"] for c in group]))
-        for other in ("none", "self"):
+        for other in ("none", "self", "truth")[: 3 if "pass_truth" in group[0] else 2]:
             diff = np.array([v for c in group for v in np.subtract(c["pass_lc"], c[f"pass_{other}"])])
             row[f"lc_minus_{other}"] = float(diff.mean())
             row[f"lc_minus_{other}_ci"] = bootstrap_ci(diff, n_bootstrap=2000)
+        if "pass_truth" in group[0]:  # headroom: what clean step labels themselves buy over the noisy ones
+            diff = np.array([v for c in group for v in np.subtract(c["pass_truth"], c["pass_none"])])
+            row["truth_minus_none"] = float(diff.mean())
+            row["truth_minus_none_ci"] = bootstrap_ci(diff, n_bootstrap=2000)
         row["problems"] = sum(len(c["pass_none"]) for c in group)
         row["informative"] = sum(0 < r < 1 for c in group for r in c["pass_random"])
         table.append(row)
@@ -217,9 +237,11 @@ def _ms(r: dict, key: str) -> str:
     return f"{r[key]:.3f} ± {r[key + '_sd']:.3f}"
 
 
-def _ci(r: dict, other: str) -> str:
-    lo, hi = r[f"lc_minus_{other}_ci"]
-    return f"{r[f'lc_minus_{other}']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+def _ci(r: dict, other: str, first: str = "lc") -> str:
+    if f"{first}_minus_{other}" not in r:
+        return "-"
+    lo, hi = r[f"{first}_minus_{other}_ci"]
+    return f"{r[f'{first}_minus_{other}']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
 def markdown_labels(table: list[dict]) -> list[str]:
@@ -238,18 +260,21 @@ def markdown_labels(table: list[dict]) -> list[str]:
 
 
 def markdown_ranking(table: list[dict]) -> list[str]:
-    """The held-out ranking table of the hidden-vocabulary task."""
-    lines = ["| noise | batch | seeds | problems (informative) | MAE noisy -> corrected | wrong noisy -> corrected "
-             "| step AUROC none / corrected / reweighted / self-train | pass@1 random | none | corrected "
-             "| reweighted | self-train | oracle | corrected - none (95% CI) | corrected - self-train (95% CI) |",
-             "|" + "---|" * 15]
+    """The held-out ranking table of the hidden-vocabulary task (``truth``: a PRM trained on the true step labels,
+    the ceiling of any label method; truth - none is the headroom that label quality can buy)."""
+    lines = ["| strings | noise | batch | seeds | problems (informative) | MAE noisy -> corrected "
+             "| wrong noisy -> corrected | step AUROC none / corrected / reweighted / self-train / truth "
+             "| pass@1 random | none | corrected | reweighted | self-train | truth labels | oracle "
+             "| truth - none: headroom (95% CI) | corrected - none (95% CI) | corrected - self-train (95% CI) |",
+             "|" + "---|" * 18]
     for r in table:
-        auc = " / ".join(f"{r[f'auroc_{n}']:.3f}" for n in PRMS)
+        auc = " / ".join(f"{r[f'auroc_{n}']:.3f}" if f"auroc_{n}" in r else "-" for n in PRMS)
         lines.append(
-            f"| {r['noise']} | {r['batch']} | {r['seeds']} | {r['problems']} ({r['informative']}) | "
+            f"| {2 * r['size']} | {r['noise']} | {r['batch']} | {r['seeds']} | {r['problems']} ({r['informative']}) | "
             f"{r['noisy_mae']:.3f} -> {r['corrected_mae']:.3f} | {r['noisy_wrong']:.3f} -> {r['corrected_wrong']:.3f} "
             f"| {auc} | {r['pass_random']:.3f} | {r['pass_none']:.3f} | {r['pass_lc']:.3f} | {r['pass_rw']:.3f} | "
-            f"{r['pass_self']:.3f} | {r['pass_oracle']:.3f} | {_ci(r, 'none')} | {_ci(r, 'self')} |")
+            f"{r['pass_self']:.3f} | {r.get('pass_truth', float('nan')):.3f} | {r['pass_oracle']:.3f} | "
+            f"{_ci(r, 'none', 'truth')} | {_ci(r, 'none')} | {_ci(r, 'self')} |")
     return lines
 
 
@@ -367,19 +392,32 @@ def report(parts: dict, notes: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def synthetic_part(noises: list[str], batches: list[int], seeds: range, vocabulary: str, n_eval: int) -> list:
-    """Every (noise, batch, seed) cell, printed as it finishes."""
-    cells, start, steps = [], time.time(), {8: 120, 64: 60}
-    for noise in noises:
-        for batch in batches:
-            for seed in seeds:
-                cells.append(run_cell(noise, batch, seed, steps[batch], vocabulary, n_eval))
-                c = cells[-1]
-                print(f"{vocabulary} {noise} b{batch} s{seed}: MAE {c['noisy'][0]:.3f} -> {c['corrected'][0]:.3f}, "
-                      f"wrong {c['noisy'][1]:.3f} -> {c['corrected'][1]:.3f}, pass "
-                      + " ".join(f"{n} {np.mean(c[f'pass_{n}']):.3f}" for n in PRMS)
-                      + f" oracle {np.mean(c['pass_oracle']):.3f} ({time.time() - start:.0f}s)", flush=True)
-    return cells
+def _quiet() -> None:
+    """One thread per process and no progress bars: cells run side by side without oversubscribing the cores."""
+    torch.set_num_threads(1)
+    datasets.disable_progress_bars()
+
+
+def _cell(args: tuple) -> dict:
+    return run_cell(*args)
+
+
+def synthetic_part(noises: list[str], batches: list[int], seeds: range, vocabulary: str, n_eval: int,
+                   sizes: tuple[int, ...] = (HIDDEN_SIZE,), workers: int = 1) -> list:
+    """Every (hidden size, noise, batch, seed) cell on ``workers`` processes, printed as it finishes (``sizes`` only
+    for ``"hidden"``); cells come back in grid order whatever the order they finish in."""
+    start, steps = time.time(), {8: 120, 64: 60}
+    grid = [(n, b, seed, steps[b], vocabulary, n_eval, z) for z in (sizes if vocabulary == "hidden" else
+            (HIDDEN_SIZE,)) for n in noises for b in batches for seed in seeds]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_quiet) as pool:
+        futures = [pool.submit(_cell, g) for g in grid]
+        for future in as_completed(futures):
+            c = future.result()
+            print(f"{vocabulary} {c['size']} {c['noise']} b{c['batch']} s{c['seed']}: MAE {c['noisy'][0]:.3f} -> "
+                  f"{c['corrected'][0]:.3f}, wrong {c['noisy'][1]:.3f} -> {c['corrected'][1]:.3f}, pass "
+                  + " ".join(f"{n} {np.mean(c[f'pass_{n}']):.3f}" for n in PRMS)
+                  + f" oracle {np.mean(c['pass_oracle']):.3f} ({time.time() - start:.0f}s)", flush=True)
+    return [f.result() for f in futures]
 
 
 def main() -> None:
@@ -389,10 +427,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one seed; synthetic: flip:0.3 and mc:4 at batch 8; "
                         "ranking: flip:0.3 at batch 8; classeval: 6 tasks")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1, help="cells run side by side on this many processes")
     parser.add_argument("--out", default=os.path.join(OUT, "correction"), help="writes OUT.md and OUT.json")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    datasets.disable_progress_bars()
+    _quiet()
     seeds = range(1 if args.quick else args.seeds)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     quick = " --quick" if args.quick else ""
@@ -406,10 +444,13 @@ def main() -> None:
             noises = (["flip:0.3", "mc:4"] if marked else ["flip:0.3"]) if args.quick else (
                 ["flip:0.1", "flip:0.3", "flip:0.45", "mc:4", "mc:16"] if marked else ["flip:0.3", "mc:4"])
             cells = synthetic_part(noises, [8] if args.quick else [8, 64], seeds, "marked" if marked else "hidden",
-                                   48 if marked else 200)
+                                   48 if marked else 200, (HIDDEN_SIZE,) if args.quick else (8, HIDDEN_SIZE),
+                                   args.workers)
             result = {"table": summarise(cells), "cells": cells}
-        result["command"] = (f"`nice -n 10 python benchmarks/bench_correction.py --part {part}{quick}` "
-                             f"({time.time() - start:.0f} s on one shared core)")
+        workers = f" --workers {args.workers}" if args.workers > 1 and part != "classeval" else ""
+        cores = f"{args.workers} shared cores" if workers else "one shared core"
+        result["command"] = (f"`nice -n 10 python benchmarks/bench_correction.py --part {part}{quick}{workers}` "
+                             f"({time.time() - start:.0f} s on {cores})")
         parts = _merge(args.out + ".json", part, result)
     text = report(parts, args.out + "_tried.md")
     with open(args.out + ".md", "w") as f:

@@ -101,6 +101,24 @@ def test_label_table_update_is_clipped_sgd_on_seen_labels_only():
     assert y[1:] == pytest.approx([1.0, 0.2, 0.0])
 
 
+def test_label_table_reliability_is_agreement_with_clean_verdicts():
+    """The clean final labels are probes: the share of them whose (centred) descent direction points at their
+    verdict gives the step factor max(0, 2a - 1), a running average over meta steps; no clean label: factor 1."""
+    table = LabelTable([[0.2, 1.0], [0.7, 0.0], [0.4, 1.0]], fixed=[[False, True], [False, True], [False, True]])
+    assert table.probes.tolist() == [False, True, False, True, False, True]
+    seen = table.learnable.clone()
+    # learnable entries 0.1, -0.1, 0.3 (mean 0.1); probes of verdicts 1, 0, 1 at -0.5, 0.05, -0.2: centred, the
+    # descent directions are +, +, + and the verdicts want +, -, +: 2 of 3 agree (uncentred, 0.05 would agree too)
+    g = torch.tensor([0.1, -0.5, -0.1, 0.05, 0.3, -0.2])
+    assert LabelTable([[0.2, 1.0], [0.7, 0.0], [0.4, 1.0]], [[False, True]] * 3).reliability(g, seen, False) == 1.0
+    assert table.reliability(g, seen, centre=True) == pytest.approx(2 * 2 / 3 - 1)
+    g = torch.tensor([0.1, 1.0, -0.1, -1.0, 0.3, 1.0])  # every probe points away from its verdict
+    assert table.reliability(g, seen, centre=True) == 0.0  # a = (0.9 * 2 + 0) / (0.9 * 3 + 3) < 0.5
+    assert table.clean_agree.item() == pytest.approx(1.8) and table.clean_seen.item() == pytest.approx(5.7)
+    assert LabelTable([[0.2, 0.5]]).reliability(g[:2], torch.tensor([True, True]), True) == 1.0  # no clean label
+    assert WeightTable([[0.2, 1.0]], fixed=[[False, True]]).probes.tolist() == [False, False]
+
+
 def test_standardise_hypergradient_centres_and_scales_seen_entries():
     """Centring removes the window's common mode (a shift of every label the same way); both forms are divided by
     the raw RMS over the seen entries (a nearly constant window stays small once centred) and leave unseen entries

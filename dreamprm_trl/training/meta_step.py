@@ -175,6 +175,10 @@ class MetaStepMixin:
         hypergrad, meta_loss = result
         seen = (hypergrad != 0) & self.meta_table.learnable
         grad = standardise_hypergradient(hypergrad.to(phi.dtype), seen, self.args.meta_centre_hypergradient)
+        if self.args.meta_calibrate:  # how far the clean verdicts back this step (`LabelTable.reliability`)
+            reliability = self.meta_table.reliability(hypergrad, seen, self.args.meta_centre_hypergradient)
+            grad = grad * reliability
+            self._meta_logs["meta/reliability"].append(reliability)
         if self.args.meta_weight_decay:  # in the standardised units: on the raw ~1e-6 scale it swamped the signal
             grad = grad + self.meta_table.decay_grad(self.args.meta_weight_decay) * seen
         grad = self.meta_table.step_direction(grad)
