@@ -198,7 +198,7 @@ class LabelTable(MetaTable):
 
         The clean final labels are probes: their hypergradient is computed like any label's and never applied.
         Its agreement with the verdicts tracks the agreement of the learnable labels' directions with their
-        unknown truth (flip 30 %, 10 runs: 0.45-0.93 on learnable labels, within 0.05 on clean ones;
+        unknown truth (flip 30 %, 10 runs: 0.45-0.91 on learnable labels, within 0.05 on clean ones;
         `benchmarks/results/correction.md`), and ``2a - 1`` is the expected sign of one direction: a step that the
         verdicts cannot support (``a`` near 0.5) shrinks to nothing instead of moving labels at random.
         """
