@@ -305,20 +305,25 @@ def test_sample_reweighting_downweights_noisy_prefixes(tmp_path):
     assert trainer.corrected_labels() == [list(r) for r in train["mc_labels"]]
 
 
-@pytest.fixture(scope="module")
-def multistep_run(tmp_path_factory):
-    """The benchmark's task at CI size: 1-6 steps, cumulative truth, 30 % flips, clean fixed verdicts, batch 8."""
+def _benchmark_run(tmp: str, vocabulary: str = "marked"):
+    """`bench_correction`'s task at CI size (48 problems, 30 % flips, seed 0), label correction at batch 8 for 100
+    steps, library defaults otherwise: ``(task, noisy labels, trainer, label_error)``."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
     from bench_correction import label_error, synthetic_task, train
 
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    task = synthetic_task("flip:0.3", seed=0, n_problems=48)
+    task = synthetic_task("flip:0.3", seed=0, n_problems=48, vocabulary=vocabulary)
     noisy = [r["mc_labels"] for r in task["train"]]
-    trainer = train(task, noisy, "label_correction", batch=8, steps=100, seed=0,
-                    tmp=str(tmp_path_factory.mktemp("multistep")))
+    trainer = train(task, noisy, "label_correction", batch=8, steps=100, seed=0, tmp=tmp)
     torch.set_num_threads(previous)
     return task, noisy, trainer, label_error
+
+
+@pytest.fixture(scope="module")
+def multistep_run(tmp_path_factory):
+    """The benchmark's task at CI size: 1-6 steps, cumulative truth, 30 % flips, clean fixed verdicts, batch 8."""
+    return _benchmark_run(str(tmp_path_factory.mktemp("multistep")))
 
 
 def test_label_correction_corrects_multistep_cumulative_labels(multistep_run):
@@ -347,15 +352,7 @@ def test_calibrated_correction_keeps_labels_still_where_the_verdicts_cannot_tell
     the hypergradient's agreement with them stays near 0.5, and `meta_calibrate` (default) keeps the labels near
     their noisy values. Measured, seed 0: MAE 0.258 -> 0.266, wrong side 0.258 -> 0.258; with
     ``meta_calibrate=False`` the labels take a random walk: MAE 0.258 -> 0.356, wrong side 0.258 -> 0.368."""
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-    from bench_correction import label_error, synthetic_task, train
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    task = synthetic_task("flip:0.3", seed=0, n_problems=48, vocabulary="hidden")
-    noisy = [r["mc_labels"] for r in task["train"]]
-    trainer = train(task, noisy, "label_correction", batch=8, steps=100, seed=0, tmp=str(tmp_path))
-    torch.set_num_threads(previous)
+    task, noisy, trainer, label_error = _benchmark_run(str(tmp_path), vocabulary="hidden")
     (noisy_mae, noisy_wrong), (mae, wrong) = label_error(task, noisy), label_error(task, trainer.corrected_labels())
     assert mae <= noisy_mae + 0.025, (mae, noisy_mae)
     assert wrong <= noisy_wrong + 0.02, (wrong, noisy_wrong)
