@@ -179,54 +179,50 @@ def run_cell(noise: str, batch: int, seed: int, steps: int, vocabulary: str = "m
            "noisy": label_error(task, noisy),
            "pass_oracle": [float(any(t[-1] for _, t in g)) for g in groups],
            "pass_random": [float(np.mean([t[-1] for _, t in g])) for g in groups]}
+
+    def rank(name: str, prm: FunctionStepPRM) -> None:
+        out[f"pass_{name}"], out[f"auroc_{name}"] = pass_values(prm, groups).tolist(), step_auroc(prm, groups)
+
     with tempfile.TemporaryDirectory() as tmp:
         prm = train(task, noisy, "none", batch, steps, seed, tmp).model
         preds = step_predictions(prm, task["train"])
         preds = [p[:-1] + [r["mc_labels"][-1]] for p, r in zip(preds, task["train"])]  # the verdict stays clean
         out["plain_preds"] = label_error(task, preds)
-        out["pass_none"], out["auroc_none"] = pass_values(prm, groups).tolist(), step_auroc(prm, groups)
+        rank("none", prm)
         lc = train(task, noisy, "label_correction", batch, steps, seed, tmp)
         out["corrected"] = label_error(task, lc.corrected_labels())
-        out["pass_lc"], out["auroc_lc"] = pass_values(lc.model, groups).tolist(), step_auroc(lc.model, groups)
+        rank("lc", lc.model)
         rw = train(task, noisy, "sample_reweighting", batch, steps, seed, tmp)
         out["reweighted"] = label_error(task, noisy, rw.meta_table.row_weights())
-        out["pass_rw"], out["auroc_rw"] = pass_values(rw.model, groups).tolist(), step_auroc(rw.model, groups)
-        st = train(task, preds, "none", batch, steps, seed, tmp)
-        out["pass_self"], out["auroc_self"] = pass_values(st.model, groups).tolist(), step_auroc(st.model, groups)
-        tt = train(task, [r["truth"] for r in task["train"]], "none", batch, steps, seed, tmp)
-        out["pass_truth"], out["auroc_truth"] = pass_values(tt.model, groups).tolist(), step_auroc(tt.model, groups)
+        rank("rw", rw.model)
+        rank("self", train(task, preds, "none", batch, steps, seed, tmp).model)
+        rank("truth", train(task, [r["truth"] for r in task["train"]], "none", batch, steps, seed, tmp).model)
     return out
 
 
 PRMS = ("none", "lc", "rw", "self", "truth")
+#: Paired pass@1 differences with bootstrap CIs; truth - none is the headroom: what clean step labels buy at all.
+PAIRS = (("lc", "none"), ("lc", "self"), ("lc", "truth"), ("truth", "none"))
 
 
 def summarise(cells: list[dict]) -> list[dict]:
-    """Mean ± sd over seeds per (noise, batch); pass@1 pooled over seeds' problems with paired bootstrap CIs."""
+    """Mean ± sd over seeds per (size, noise, batch); pass@1 pooled over seeds' problems with paired bootstrap CIs."""
     table = []
-    def key(c: dict) -> tuple:
-        return c.get("size", HIDDEN_SIZE if c["vocabulary"] == "hidden" else len(GOOD)), c["noise"], c["batch"]
-
-    for k in dict.fromkeys(map(key, cells)):
-        group = [c for c in cells if key(c) == k]
+    for k in dict.fromkeys((c["size"], c["noise"], c["batch"]) for c in cells):
+        group = [c for c in cells if (c["size"], c["noise"], c["batch"]) == k]
         row = {"size": k[0], "noise": k[1], "batch": k[2], "seeds": len(group)}
         for name in ("noisy", "corrected", "reweighted", "plain_preds"):
             for i, what in enumerate(("mae", "wrong")):
                 v = np.array([c[name][i] for c in group])
                 row[f"{name}_{what}"], row[f"{name}_{what}_sd"] = float(v.mean()), float(v.std())
-        for name in [n for n in PRMS + ("oracle", "random") if f"pass_{n}" in group[0]]:
+        for name in PRMS + ("oracle", "random"):
             row[f"pass_{name}"] = float(np.mean([v for c in group for v in c[f"pass_{name}"]]))
         for name in PRMS:
-            if f"auroc_{name}" in group[0]:
-                row[f"auroc_{name}"] = float(np.mean([c[f"auroc_{name}"] for c in group]))
-        for other in ("none", "self", "truth")[: 3 if "pass_truth" in group[0] else 2]:
-            diff = np.array([v for c in group for v in np.subtract(c["pass_lc"], c[f"pass_{other}"])])
-            row[f"lc_minus_{other}"] = float(diff.mean())
-            row[f"lc_minus_{other}_ci"] = bootstrap_ci(diff, n_bootstrap=2000)
-        if "pass_truth" in group[0]:  # headroom: what clean step labels themselves buy over the noisy ones
-            diff = np.array([v for c in group for v in np.subtract(c["pass_truth"], c["pass_none"])])
-            row["truth_minus_none"] = float(diff.mean())
-            row["truth_minus_none_ci"] = bootstrap_ci(diff, n_bootstrap=2000)
+            row[f"auroc_{name}"] = float(np.mean([c[f"auroc_{name}"] for c in group]))
+        for first, other in PAIRS:
+            diff = np.array([v for c in group for v in np.subtract(c[f"pass_{first}"], c[f"pass_{other}"])])
+            row[f"{first}_minus_{other}"] = float(diff.mean())
+            row[f"{first}_minus_{other}_ci"] = bootstrap_ci(diff, n_bootstrap=2000)
         row["problems"] = sum(len(c["pass_none"]) for c in group)
         row["informative"] = sum(0 < r < 1 for c in group for r in c["pass_random"])
         table.append(row)
@@ -238,8 +234,6 @@ def _ms(r: dict, key: str) -> str:
 
 
 def _ci(r: dict, other: str, first: str = "lc") -> str:
-    if f"{first}_minus_{other}" not in r:
-        return "-"
     lo, hi = r[f"{first}_minus_{other}_ci"]
     return f"{r[f'{first}_minus_{other}']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
@@ -268,12 +262,12 @@ def markdown_ranking(table: list[dict]) -> list[str]:
              "| truth - none: headroom (95% CI) | corrected - none (95% CI) | corrected - self-train (95% CI) |",
              "|" + "---|" * 18]
     for r in table:
-        auc = " / ".join(f"{r[f'auroc_{n}']:.3f}" if f"auroc_{n}" in r else "-" for n in PRMS)
+        auc = " / ".join(f"{r[f'auroc_{n}']:.3f}" for n in PRMS)
         lines.append(
             f"| {2 * r['size']} | {r['noise']} | {r['batch']} | {r['seeds']} | {r['problems']} ({r['informative']}) | "
             f"{r['noisy_mae']:.3f} -> {r['corrected_mae']:.3f} | {r['noisy_wrong']:.3f} -> {r['corrected_wrong']:.3f} "
             f"| {auc} | {r['pass_random']:.3f} | {r['pass_none']:.3f} | {r['pass_lc']:.3f} | {r['pass_rw']:.3f} | "
-            f"{r['pass_self']:.3f} | {r.get('pass_truth', float('nan')):.3f} | {r['pass_oracle']:.3f} | "
+            f"{r['pass_self']:.3f} | {r['pass_truth']:.3f} | {r['pass_oracle']:.3f} | "
             f"{_ci(r, 'none', 'truth')} | {_ci(r, 'none')} | {_ci(r, 'self')} |")
     return lines
 
