@@ -22,12 +22,12 @@ Every cell also trains a PRM on the *true* step labels: the ceiling of any label
 the pass@1 that better labels can buy at all (the headroom). Part ``ranking`` repeats the cells on unmarked steps
 (``vocabulary="hidden"``: 8 or 32 good strings and as many bad ones, a seeded random map) with 200 held-out
 problems x 8 candidates, where the marked task's ranking saturates. Part ``classeval`` compares MC and corrected
-labels of real ClassEval trajectories with ``step_ground_truth``.
+labels of real ClassEval trajectories with ``step_ground_truth`` (3 seeds, each its own draw of tasks).
 
-    nice -n 10 python benchmarks/bench_correction.py                      # all parts (~35 min on one core)
+    nice -n 10 python benchmarks/bench_correction.py                      # all parts (~45 min on one core)
     nice -n 10 python benchmarks/bench_correction.py --part ranking       # one part; the others are kept
     nice -n 10 python benchmarks/bench_correction.py --quick              # one seed, fewer settings
-    nice -n 10 python benchmarks/bench_correction.py --workers 2          # cells on two processes (~18 min)
+    nice -n 10 python benchmarks/bench_correction.py --workers 2          # cells on two processes (~22 min)
 """
 
 from __future__ import annotations
@@ -272,7 +272,22 @@ def markdown_ranking(table: list[dict]) -> list[str]:
     return lines
 
 
-def classeval_part(n_tasks: int = 12, rollouts: int = 4, steps: int = 100, seed: int = 0,
+def classeval_part(seeds: range = range(3), n_tasks: int = 12, workers: int = 1, **kw) -> dict:
+    """`classeval_seed` for every seed (a seed draws its own tasks, split and trajectories) on ``workers``
+    processes, with the mean over seeds of every agreement measure."""
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_quiet) as pool:
+        runs = list(pool.map(_classeval_seed, [(seed, n_tasks, kw) for seed in seeds]))
+    mean = {name: {k: float(np.mean([r[name][k] for r in runs])) for k in runs[0][name]}
+            for name in ("mc", "corrected", "plain_preds")}
+    return {"runs": runs, "mean": mean, "rollouts": runs[0]["rollouts"], "steps": runs[0]["steps"]}
+
+
+def _classeval_seed(args: tuple) -> dict:
+    seed, n_tasks, kw = args
+    return classeval_seed(seed=seed, n_tasks=n_tasks, **kw)
+
+
+def classeval_seed(seed: int = 0, n_tasks: int = 12, rollouts: int = 4, steps: int = 100,
                    max_chars: int = 2500) -> dict:
     """MC and corrected labels of real ClassEval trajectories against ``step_ground_truth`` (non-final steps).
 
@@ -319,14 +334,26 @@ def classeval_part(n_tasks: int = 12, rollouts: int = 4, steps: int = 100, seed:
     with tempfile.TemporaryDirectory() as tmp:
         plain = train(task, mc, "none", 8, steps, seed, tmp)
         preds = step_predictions(plain.model, task["train"])
-        corrected = train(task, mc, "label_correction", 8, steps, seed, tmp).corrected_labels()
-    out = {"tasks_train": sorted({r["task_id"] for r in rows}), "tasks_meta": meta_tasks, "trajectories": len(rows),
-           "meta_programs": len(meta), "meta_passed": sum(m["passed"] for m in meta), "rollouts": rollouts,
-           "steps": steps, "labelling_s": labelled}
-    for name, labels in (("mc", mc), ("corrected", corrected), ("plain_preds", preds)):
+        trainer = train(task, mc, "label_correction", 8, steps, seed, tmp)
+    reliability = [h["meta/reliability"] for h in trainer.state.log_history if "meta/reliability" in h]
+    out = {"seed": seed, "tasks_train": sorted({r["task_id"] for r in rows}), "tasks_meta": meta_tasks,
+           "trajectories": len(rows), "meta_programs": len(meta), "meta_passed": sum(m["passed"] for m in meta),
+           "rollouts": rollouts, "steps": steps, "labelling_s": labelled,
+           "reliability": float(np.mean(reliability)) if reliability else float("nan")}
+    for name, labels in (("mc", mc), ("corrected", trainer.corrected_labels()), ("plain_preds", preds)):
         out[name] = real_agreement(task["train"], labels)
+    out["mc_tie_sd"] = tie_break_sd(task["train"], mc)
     out["wall_s"] = time.time() - start
     return out
+
+
+def tie_break_sd(rows: list[dict], labels: list[list[float]], draws: int = 2000) -> float:
+    """Spread of the AUROC when the labels' ties are broken at random (a tiny jitter): MC labels are mostly
+    exactly 0, so any small move of the labels reorders those ties and moves the AUROC by about this much."""
+    rng = np.random.default_rng(0)
+    y = np.array([v for lab in labels for v in lab[:-1]], dtype=float)
+    t = np.array([v for r in rows for v in r["truth"][:-1]])
+    return float(np.std([roc_auc_score(t, y + rng.normal(0, 1e-3, len(y))) for _ in range(draws)]))
 
 
 def real_agreement(rows: list[dict], labels: list[list[float | None]]) -> dict:
@@ -340,17 +367,24 @@ def real_agreement(rows: list[dict], labels: list[list[float | None]]) -> dict:
 
 
 def markdown_classeval(c: dict) -> list[str]:
-    """The ClassEval agreement table."""
-    lines = [f"{c['trajectories']} trajectories of {len(c['tasks_train'])} tasks (M = {c['rollouts']} pool "
-             f"rollouts per prefix), meta set {c['meta_programs']} programs of {len(c['tasks_meta'])} other tasks "
-             f"({c['meta_passed']} pass); {c['mc']['steps']} non-final steps, ground-truth positive rate "
-             f"{c['mc']['truth_positive']:.3f}; {c['steps']} optimizer steps at batch 8; labelling "
-             f"{c['labelling_s']:.0f} s, total {c['wall_s']:.0f} s.", "",
-             "| labels | MAE | wrong side of 0.5 | AUROC | mean label |", "|---|---|---|---|---|"]
+    """The ClassEval agreement table: the mean over seeds, then every seed."""
+    runs = c["runs"]
+    lines = [f"{len(runs)} seeds, each {min(r['trajectories'] for r in runs)}-{max(r['trajectories'] for r in runs)} "
+             f"trajectories (M = {c['rollouts']} pool rollouts per prefix), a meta set of ClassEval programs of other "
+             f"tasks, {c['steps']} optimizer steps at batch 8; non-final steps per seed "
+             + ", ".join(str(r["mc"]["steps"]) for r in runs) + ", ground-truth positive rate "
+             + ", ".join(f"{r['mc']['truth_positive']:.2f}" for r in runs) + ".", "",
+             "| labels | MAE | wrong side of 0.5 | AUROC | mean label | AUROC per seed |", "|---|---|---|---|---|---|"]
     for name, title in (("mc", "Monte-Carlo (noisy)"), ("corrected", "label_correction"),
                         ("plain_preds", "plain PRM's predictions")):
-        r = c[name]
-        lines.append(f"| {title} | {r['mae']:.3f} | {r['wrong']:.3f} | {r['auroc']:.3f} | {r['mean_label']:.3f} |")
+        r = c["mean"][name]
+        lines.append(f"| {title} | {r['mae']:.3f} | {r['wrong']:.3f} | {r['auroc']:.3f} | {r['mean_label']:.3f} | "
+                     + " / ".join(f"{run[name]['auroc']:.3f}" for run in runs) + " |")
+    lines += ["", "Per seed: MAE MC -> corrected " + "; ".join(
+        f"s{r['seed']} {r['mc']['mae']:.3f} -> {r['corrected']['mae']:.3f}" for r in runs)
+        + ". Mean reliability over the meta phase " + ", ".join(f"{r['reliability']:.3f}" for r in runs)
+        + ". MC labels are mostly exactly 0: breaking their ties at random moves their AUROC by "
+        + ", ".join(f"{r['mc_tie_sd']:.3f}" for r in runs) + " (sd), so small label moves change AUROC that much."]
     return lines
 
 
@@ -432,7 +466,7 @@ def main() -> None:
     for part in (["synthetic", "ranking", "classeval"] if args.part == "all" else [args.part]):
         start = time.time()
         if part == "classeval":
-            result = classeval_part(n_tasks=6 if args.quick else 12)
+            result = classeval_part(seeds, n_tasks=6 if args.quick else 12, workers=args.workers)
         else:
             marked = part == "synthetic"
             noises = (["flip:0.3", "mc:4"] if marked else ["flip:0.3"]) if args.quick else (
@@ -441,7 +475,7 @@ def main() -> None:
                                    48 if marked else 200, (HIDDEN_SIZE,) if args.quick else (8, HIDDEN_SIZE),
                                    args.workers)
             result = {"table": summarise(cells), "cells": cells}
-        workers = f" --workers {args.workers}" if args.workers > 1 and part != "classeval" else ""
+        workers = f" --workers {args.workers}" if args.workers > 1 else ""
         cores = f"{args.workers} shared cores" if workers else "one shared core"
         result["command"] = (f"`nice -n 10 python benchmarks/bench_correction.py --part {part}{quick}{workers}` "
                              f"({time.time() - start:.0f} s on {cores})")

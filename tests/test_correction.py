@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dreamprm_trl.training.meta_methods import informedness_lower_bound
 from dreamprm_trl.training import (
     LabelTable,
     WeightTable,
@@ -101,21 +102,32 @@ def test_label_table_update_is_clipped_sgd_on_seen_labels_only():
     assert y[1:] == pytest.approx([1.0, 0.2, 0.0])
 
 
-def test_label_table_reliability_is_agreement_with_clean_verdicts():
-    """The clean final labels are probes: the share of them whose (centred) descent direction points at their
-    verdict gives the step factor max(0, 2a - 1), a running average over meta steps; no clean label: factor 1."""
-    table = LabelTable([[0.2, 1.0], [0.7, 0.0], [0.4, 1.0]], fixed=[[False, True], [False, True], [False, True]])
-    assert table.probes.tolist() == [False, True, False, True, False, True]
+def test_informedness_lower_bound_is_agresti_caffo():
+    """The Agresti-Caffo lower bound of a difference of two proportions: 8 of 10 against 2 of 10 at z = 1.96 is
+    0.5 - 1.96 * sqrt(2 * 0.75 * 0.25 / 12) = 0.1535; an unseen class counts as one success in two trials."""
+    assert informedness_lower_bound([2, 8], [10, 10], [10, 10], 1.96) == pytest.approx(0.153518, abs=1e-6)
+    assert informedness_lower_bound([0, 0], [3, 0], [3, 0], 0.0) == pytest.approx(0.5 - 1 / 5)
+
+
+def test_label_table_reliability_is_informedness_on_clean_verdicts():
+    """The clean final labels are probes: reliability is the lower bound of P(up | passed) - P(up | failed) of
+    their (centred) descent directions, running counts over meta steps (decay 0.9, effective counts from the
+    squared weights). A direction that points down at every probe agrees with 3 failing verdicts of 4 and gets
+    0 (plain agreement would give 2 * 3/4 - 1 = 0.5); no clean label: 1."""
+    labels, fixed = [[0.2, 0.0], [0.7, 0.0], [0.4, 0.0], [0.6, 1.0]], [[False, True]] * 4
+    table = LabelTable(labels, fixed=fixed)
+    assert table.probes.tolist() == [False, True] * 4
     seen = table.learnable.clone()
-    # learnable entries 0.1, -0.1, 0.3 (mean 0.1); probes of verdicts 1, 0, 1 at -0.5, 0.05, -0.2: centred, the
-    # descent directions are +, +, + and the verdicts want +, -, +: 2 of 3 agree (uncentred, 0.05 would agree too)
-    g = torch.tensor([0.1, -0.5, -0.1, 0.05, 0.3, -0.2])
-    assert LabelTable([[0.2, 1.0], [0.7, 0.0], [0.4, 1.0]], [[False, True]] * 3).reliability(g, seen, False) == 1.0
-    assert table.reliability(g, seen, centre=True) == pytest.approx(2 * 2 / 3 - 1)
-    g = torch.tensor([0.1, 1.0, -0.1, -1.0, 0.3, 1.0])  # every probe points away from its verdict
-    assert table.reliability(g, seen, centre=True) == 0.0  # a = (0.9 * 2 + 0) / (0.9 * 3 + 3) < 0.5
-    assert table.clean_agree.item() == pytest.approx(1.8) and table.clean_seen.item() == pytest.approx(5.7)
-    assert LabelTable([[0.2, 0.5]]).reliability(g[:2], torch.tensor([True, True]), True) == 1.0  # no clean label
+    down = torch.tensor([0.1, 0.5, -0.1, 0.5, 0.3, 0.5, 0.1, 0.5])  # learnable mean 0.1: every probe centred > 0
+    assert table.reliability(down, seen, centre=True) == 0.0
+    # centred on the learnable mean 0.1: the three failing probes above it (down), the passing one below it (up)
+    table = LabelTable(labels, fixed=fixed)
+    right = torch.tensor([0.1, 0.5, -0.1, 0.3, 0.3, 0.2, 0.1, 0.05])
+    assert table.reliability(right, seen, centre=True) == pytest.approx(0.140977, abs=1e-6)  # 1 of 1, 0 of 3 up
+    assert table.reliability(right, seen, centre=True) == pytest.approx(0.378005, abs=1e-6)  # a second such step
+    assert table.clean_seen.tolist() == pytest.approx([5.7, 1.9]) and table.clean_up.tolist() == pytest.approx([0, 1.9])
+    assert table.clean_seen_sq.tolist() == pytest.approx([0.81 * 3 + 3, 1.81])
+    assert LabelTable([[0.2, 0.5]]).reliability(down[:2], torch.tensor([True, True]), True) == 1.0  # no clean label
     assert WeightTable([[0.2, 1.0]], fixed=[[False, True]]).probes.tolist() == [False, False]
 
 

@@ -95,7 +95,19 @@ def load_meta_state(
             f"{path} is a {state['kind']} table over {state['num_rows']} rows; this run has "
             f"{table.kind} over {num_rows} rows. Resume with the same train_dataset and meta_method."
         )
-    table.load_state_dict(state["table"])
+    own = table.state_dict()
+    saved = {k: v for k, v in state["table"].items() if k in own and v.shape == own[k].shape}
+    essential = set(own) - set(table.restartable)
+    if essential - set(saved):
+        raise ValueError(
+            f"{path} lacks {sorted(essential - set(saved))} of this {table.kind} table (or has another shape): it was "
+            "written by another version of dreamprm_trl. Resume with that version, or train from the start."
+        )
+    restart = sorted(set(own) - set(saved))
+    if restart or len(saved) < len(state["table"]):  # running statistics of another version: restart from zero
+        logger.warning("%s predates %s of this version: they restart from zero (ignored: %s).", path, restart,
+                       sorted(set(state["table"]) - set(saved)))
+    table.load_state_dict({**{k: torch.zeros_like(own[k]) for k in restart}, **saved})
     optimizer.load_state_dict(state["optimizer"])
 
 

@@ -79,10 +79,11 @@ class FunctionStepPRMConfig(TrainingArguments):
             before standardising it. The raw hypergradient is mostly a common mode (the meta set's base rate pushes
             every label the same way); see the README for the measurements.
         meta_calibrate (`bool`, defaults to `True`): label correction only. Scale each label step by the
-            hypergradient's measured reliability ``max(0, 2a - 1)``, where ``a`` is how often (a running average over
-            meta steps) its direction agrees with the window's *clean* final labels, whose truth is known. Where
-            the clean verdicts cannot tell good steps from bad ones (``a`` near 0.5) the labels stay put instead of
-            taking a random walk; rows without ``label_fixed`` give no clean labels and leave the step unscaled.
+            hypergradient's measured reliability: on the window's *clean* final labels, whose truth is known,
+            ``P(up | passed) - P(up | failed)`` of its direction (running counts over meta steps), one standard
+            error below its estimate, floored at 0 (`LabelTable.reliability`). Where the clean verdicts cannot tell
+            good steps from bad ones the labels stay put instead of taking a random walk; rows without
+            ``label_fixed`` give no clean labels and leave the step unscaled.
         meta_batch_size (`int`, defaults to `16`): whole programs per process in one meta loss.
         meta_split (`str`, defaults to `"task"`): how the meta set must relate to the train rows, checked when both
             have ``task_id``: ``task`` (disjoint problems, the default) or ``program`` (problems may be shared, never
@@ -174,8 +175,9 @@ class FunctionStepPRMConfig(TrainingArguments):
     )
     meta_calibrate: bool = field(
         default=True,
-        metadata={"help": "label_correction: scale label steps by max(0, 2a - 1), a = how often the hypergradient's "
-                  "direction agrees with the clean final labels (running average); no clean labels: unscaled."},
+        metadata={"help": "label_correction: scale label steps by how well the hypergradient's direction tells the "
+                  "clean final labels' passes from failures (a lower bound of the rate difference, running); no "
+                  "clean labels: unscaled."},
     )
     meta_inner_learning_rate: float | None = field(
         default=None, metadata={"help": "Unrolled SGD step size; None uses the PRM optimizer's current lr."}

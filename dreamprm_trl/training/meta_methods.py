@@ -38,6 +38,23 @@ def weighted_step_loss(
     return per_step, mask
 
 
+def informedness_lower_bound(up: Sequence[float], seen: Sequence[float], seen_sq: Sequence[float], z: float) -> float:
+    """Lower bound of ``P(up | verdict 1) - P(up | verdict 0)`` (Youden's J of a direction as a verdict predictor).
+
+    ``up[c]`` / ``seen[c]``: (weighted) count of probes of verdict ``c`` whose direction points up / in all;
+    ``seen_sq[c]``: the sum of squared weights, so that ``seen**2 / seen_sq`` is the effective count. The bound is
+    the Agresti-Caffo interval's (one success and one failure added per class) ``z`` standard errors below: a class
+    never seen counts as a coin flip, and a handful of agreeing probes does not license a step.
+    """
+    est, var = [], 0.0
+    for u, s, sq in zip(up, seen, seen_sq):
+        n = s * s / sq if sq > 0 else 0.0
+        p = ((u / s if s > 0 else 0.5) * n + 1) / (n + 2)
+        est.append(p)
+        var += p * (1 - p) / (n + 2)
+    return est[1] - est[0] - z * math.sqrt(var)
+
+
 class MetaTable(nn.Module):
     """Base class of the learnable outer variables ``phi``: one entry per step label of every train row.
 
@@ -51,6 +68,8 @@ class MetaTable(nn.Module):
     step_clip: float | None = None
     #: Whether the clean (fixed) entries get a hypergradient too, as probes of its reliability (never applied).
     probes_clean: bool = False
+    #: Running statistics a resumed run may start afresh when its checkpoint predates them (`load_meta_state`).
+    restartable: tuple[str, ...] = ()
 
     def __init__(self, labels: Sequence[Sequence[float | None]], fixed: Sequence[Sequence[bool]] | None = None):
         super().__init__()
@@ -182,37 +201,50 @@ class LabelTable(MetaTable):
     probes_clean = True
     #: Per-meta-step decay of the running agreement counts of `reliability` (about the last 10 meta steps).
     reliability_decay = 0.9
+    #: Standard errors below the estimate that `reliability` steps by (`informedness_lower_bound`).
+    reliability_z = 1.0
+    restartable = ("clean_up", "clean_seen", "clean_seen_sq")
 
     def __init__(self, labels: Sequence[Sequence[float | None]], fixed: Sequence[Sequence[bool]] | None = None):
         super().__init__(labels, fixed)
         y0 = torch.nan_to_num(self.noisy, nan=0.5)
         self.y = nn.Parameter(y0.clone())
         self.register_buffer("phi_init", y0.clone(), persistent=False)
-        self.register_buffer("clean_agree", torch.zeros((), dtype=torch.float64))  # checkpointed with the table
-        self.register_buffer("clean_seen", torch.zeros((), dtype=torch.float64))
+        # running counts of `reliability` per verdict (0, 1), checkpointed with the table
+        self.register_buffer("clean_up", torch.zeros(2, dtype=torch.float64))
+        self.register_buffer("clean_seen", torch.zeros(2, dtype=torch.float64))
+        self.register_buffer("clean_seen_sq", torch.zeros(2, dtype=torch.float64))  # sums of squared weights
 
     def reliability(self, hypergrad: Tensor, seen: Tensor, centre: bool) -> float:
-        """``max(0, 2a - 1)``: ``a`` is how often the (centred) hypergradient's descent direction on the window's
-        clean labels points at their known verdict, a running average over meta steps; 1 while no clean label has
-        been seen (rows without ``label_fixed``).
+        """How far the (centred) hypergradient's descent direction tells good steps from bad, measured on the
+        window's clean labels: ``max(0, lower bound of P(up | passed) - P(up | failed))``, counts kept as running
+        averages over meta steps (`informedness_lower_bound`); 1 while no clean label has been seen (rows without
+        ``label_fixed``).
 
         The clean final labels are probes: their hypergradient is computed like any label's and never applied.
         Its agreement with the verdicts tracks the agreement of the learnable labels' directions with their
         unknown truth (flip 30 %, 10 runs: 0.45-0.91 on learnable labels, within 0.05 on clean ones;
-        `benchmarks/results/correction.md`), and ``2a - 1`` is the expected sign of one direction: a step that the
-        verdicts cannot support (``a`` near 0.5) shrinks to nothing instead of moving labels at random.
+        `benchmarks/results/correction.md`). The difference of the two rates, not the plain agreement, because
+        verdicts are imbalanced (most programs fail): a direction that points down at every final step agrees with
+        most verdicts and says nothing about any label, and J is 0 for it. A step that the verdicts cannot support
+        shrinks to nothing instead of moving labels at random.
         """
         probes = (hypergrad != 0) & self.probes
         if bool(probes.any()):
             g = hypergrad[probes].double()
             if centre and bool(seen.any()):
                 g = g - hypergrad[seen].double().mean()
-            agree = (torch.sign(-g) == torch.sign(self.phi_init[probes].double() - 0.5)).sum()
-            self.clean_agree.mul_(self.reliability_decay).add_(agree)
-            self.clean_seen.mul_(self.reliability_decay).add_(int(probes.sum()))
-        if self.clean_seen.item() == 0:
+            verdict = (self.phi_init[probes] > 0.5).long()
+            ones = torch.ones_like(g)
+            for counts, values in ((self.clean_up, (g < 0).double()), (self.clean_seen, ones),
+                                   (self.clean_seen_sq, ones)):
+                counts.mul_(self.reliability_decay**2 if counts is self.clean_seen_sq else self.reliability_decay)
+                counts.index_add_(0, verdict, values)
+        if self.clean_seen.sum().item() == 0:
             return 1.0
-        return max(0.0, 2.0 * (self.clean_agree / self.clean_seen).item() - 1.0)
+        bound = informedness_lower_bound(self.clean_up.tolist(), self.clean_seen.tolist(),
+                                         self.clean_seen_sq.tolist(), self.reliability_z)
+        return max(0.0, bound)
 
     @property
     def phi(self) -> nn.Parameter:
