@@ -290,6 +290,20 @@ def test_resume_from_a_checkpoint_older_than_the_reliability_counts(tmp_path, ca
         resumed.load_meta_state(str(path.parent))
 
 
+def test_calibration_without_clean_labels_warns(tmp_path, caplog):
+    """meta_calibrate has nothing to measure on rows without label_fixed: the trainer says so, naming the fix; with
+    a clean final label flagged it does not."""
+    train, meta, _ = noisy_task(n_train=4, n_meta=4, train_lengths=(1, 2))
+    with caplog.at_level("WARNING"):
+        FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path), train_dataset=train, meta_dataset=meta)
+    assert "no train row has a clean label (label_fixed)" in caplog.text
+    caplog.clear()
+    flagged = train.map(lambda r: {"label_fixed": [False] * (len(r["steps"]) - 1) + [True]})
+    with caplog.at_level("WARNING"):
+        trainer = FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path), train_dataset=flagged, meta_dataset=meta)
+    assert "label_fixed" not in caplog.text and bool(trainer.meta_table.probes.any())
+
+
 def _label_error(labels, truth):
     y = np.concatenate([np.asarray(r, dtype=float) for r in labels])
     t = np.concatenate([np.asarray(r, dtype=float) for r in truth])

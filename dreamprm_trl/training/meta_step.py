@@ -43,6 +43,12 @@ class MetaStepMixin:
         if table is None:
             return None, None
         self._check_meta_step_supported()
+        if args.meta_calibrate and table.probes_clean and not bool(table.probes.any()):
+            logger.warning(
+                "meta_calibrate=True but no train row has a clean label (label_fixed): nothing to measure the "
+                "hypergradient's reliability on, so label steps stay unscaled. Keep each trajectory's verdict as its "
+                "last label, flagged in label_fixed (labeling.label_steps writes both), or set meta_calibrate=False."
+            )
         table.to(args.device)
         lr = args.meta_learning_rate or META_LEARNING_RATES[args.meta_method]
         return table, table.make_optimizer(lr)
