@@ -235,11 +235,10 @@ class LabelTable(MetaTable):
             if centre and bool(seen.any()):
                 g = g - hypergrad[seen].double().mean()
             verdict = (self.phi_init[probes] > 0.5).long()
-            ones = torch.ones_like(g)
-            for counts, values in ((self.clean_up, (g < 0).double()), (self.clean_seen, ones),
-                                   (self.clean_seen_sq, ones)):
-                counts.mul_(self.reliability_decay**2 if counts is self.clean_seen_sq else self.reliability_decay)
-                counts.index_add_(0, verdict, values)
+            ones, decay = torch.ones_like(g), self.reliability_decay
+            self.clean_up.mul_(decay).index_add_(0, verdict, (g < 0).double())  # descent direction: up
+            self.clean_seen.mul_(decay).index_add_(0, verdict, ones)
+            self.clean_seen_sq.mul_(decay**2).index_add_(0, verdict, ones)
         if self.clean_seen.sum().item() == 0:
             return 1.0
         bound = informedness_lower_bound(self.clean_up.tolist(), self.clean_seen.tolist(),
