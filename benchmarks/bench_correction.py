@@ -275,16 +275,11 @@ def markdown_ranking(table: list[dict]) -> list[str]:
 def classeval_part(seeds: range = range(3), n_tasks: int = 12, workers: int = 1, **kw) -> dict:
     """`classeval_seed` for every seed (a seed draws its own tasks, split and trajectories) on ``workers``
     processes, with the mean over seeds of every agreement measure."""
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_quiet) as pool:
-        runs = list(pool.map(_classeval_seed, [(seed, n_tasks, kw) for seed in seeds]))
+    with _pool(workers) as pool:
+        runs = [f.result() for f in [pool.submit(classeval_seed, seed, n_tasks, **kw) for seed in seeds]]
     mean = {name: {k: float(np.mean([r[name][k] for r in runs])) for k in runs[0][name]}
             for name in ("mc", "corrected", "plain_preds")}
     return {"runs": runs, "mean": mean, "rollouts": runs[0]["rollouts"], "steps": runs[0]["steps"]}
-
-
-def _classeval_seed(args: tuple) -> dict:
-    seed, n_tasks, kw = args
-    return classeval_seed(seed=seed, n_tasks=n_tasks, **kw)
 
 
 def classeval_seed(seed: int = 0, n_tasks: int = 12, rollouts: int = 4, steps: int = 100,
@@ -351,18 +346,22 @@ def tie_break_sd(rows: list[dict], labels: list[list[float]], draws: int = 2000)
     """Spread of the AUROC when the labels' ties are broken at random (a tiny jitter): MC labels are mostly
     exactly 0, so any small move of the labels reorders those ties and moves the AUROC by about this much."""
     rng = np.random.default_rng(0)
-    y = np.array([v for lab in labels for v in lab[:-1]], dtype=float)
-    t = np.array([v for r in rows for v in r["truth"][:-1]])
+    y, t = nonfinal_pairs(rows, labels)
     return float(np.std([roc_auc_score(t, y + rng.normal(0, 1e-3, len(y))) for _ in range(draws)]))
+
+
+def nonfinal_pairs(rows: list[dict], labels: list[list[float | None]]) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, truth) of every non-final step with a finite label (None: no rollouts; NaN: a dropped row)."""
+    ys = [(y, t) for r, lab in zip(rows, labels) for y, t in zip(lab[:-1], r["truth"][:-1])
+          if y is not None and np.isfinite(y)]
+    return np.array([a for a, _ in ys], dtype=float), np.array([b for _, b in ys])
 
 
 def real_agreement(rows: list[dict], labels: list[list[float | None]]) -> dict:
     """MAE, wrong-side-of-0.5 rate and AUROC of non-final step labels against the rows' ``truth``."""
-    ys = [(y, t) for r, lab in zip(rows, labels) for y, t in zip(lab[:-1], r["truth"][:-1])
-          if y is not None and np.isfinite(y)]
-    y, t = np.array([a for a, _ in ys], dtype=float), np.array([b for _, b in ys])
+    y, t = nonfinal_pairs(rows, labels)
     auroc = float(roc_auc_score(t, y)) if 0 < t.sum() < len(t) else float("nan")
-    return {"steps": len(ys), "truth_positive": float(t.mean()), "mae": float(np.abs(y - t).mean()),
+    return {"steps": len(y), "truth_positive": float(t.mean()), "mae": float(np.abs(y - t).mean()),
             "wrong": float((np.abs(y - t) >= 0.5).mean()), "auroc": auroc, "mean_label": float(y.mean())}
 
 
@@ -426,8 +425,9 @@ def _quiet() -> None:
     datasets.disable_progress_bars()
 
 
-def _cell(args: tuple) -> dict:
-    return run_cell(*args)
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """``workers`` fresh (spawned) processes, each `_quiet`."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_quiet)
 
 
 def synthetic_part(noises: list[str], batches: list[int], seeds: range, vocabulary: str, n_eval: int,
@@ -437,8 +437,8 @@ def synthetic_part(noises: list[str], batches: list[int], seeds: range, vocabula
     start, steps = time.time(), {8: 120, 64: 60}
     grid = [(n, b, seed, steps[b], vocabulary, n_eval, z) for z in (sizes if vocabulary == "hidden" else
             (HIDDEN_SIZE,)) for n in noises for b in batches for seed in seeds]
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_quiet) as pool:
-        futures = [pool.submit(_cell, g) for g in grid]
+    with _pool(workers) as pool:
+        futures = [pool.submit(run_cell, *g) for g in grid]
         for future in as_completed(futures):
             c = future.result()
             print(f"{vocabulary} {c['size']} {c['noise']} b{c['batch']} s{c['seed']}: MAE {c['noisy'][0]:.3f} -> "

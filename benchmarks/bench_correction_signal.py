@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
 import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
@@ -30,7 +28,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_correction import FIXED_LABEL_COLUMN, OUT, _quiet, label_error, synthetic_task, train  # noqa: E402
+from bench_correction import FIXED_LABEL_COLUMN, OUT, _pool, _quiet, label_error, synthetic_task, train  # noqa: E402
 
 from dreamprm_trl import FunctionStepPRMTrainer  # noqa: E402
 from dreamprm_trl.training.hypergradient import standardise_hypergradient  # noqa: E402
@@ -106,7 +104,7 @@ def main() -> None:
     start = time.time()
     grid = [(v, z, args.noise, b, s) for v, z in (("marked", 6), ("hidden", 8), ("hidden", 32)) for b in (8, 64)
             for s in range(args.seeds)]
-    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_quiet) as pool:
+    with _pool(args.workers) as pool:
         cells = list(pool.map(_run, grid))
     lines = ["# Per-visit accuracy of the label hypergradient (`benchmarks/bench_correction_signal.py`)", "",
              f"`nice -n 10 python benchmarks/bench_correction_signal.py --workers {args.workers}` "
