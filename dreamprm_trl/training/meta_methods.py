@@ -66,7 +66,8 @@ class MetaTable(nn.Module):
     bounds: tuple[float, float] = (0.0, 1.0)
     #: Largest step of one entry per meta update, in units of the standardised hypergradient (``None``: no clip).
     step_clip: float | None = None
-    #: Whether the clean (fixed) entries get a hypergradient too, as probes of its reliability (never applied).
+    #: Whether the clean (fixed) entries get a hypergradient too, as probes of its reliability (never applied);
+    #: a table that sets it defines ``reliability(hypergrad, seen, centre) -> float`` (`LabelTable.reliability`).
     probes_clean: bool = False
     #: Running statistics a resumed run may start afresh when its checkpoint predates them (`load_meta_state`).
     restartable: tuple[str, ...] = ()
@@ -140,10 +141,6 @@ class MetaTable(nn.Module):
     def row_weights(self) -> list[list[float | None]] | None:
         """The weight of every step label, aligned with the rows; ``None`` for methods without weights."""
         return None
-
-    def reliability(self, hypergrad: Tensor, seen: Tensor, centre: bool) -> float:
-        """The factor of this meta step's update (1: no calibration; `LabelTable` measures it on clean labels)."""
-        return 1.0
 
     def decay_grad(self, weight_decay: float) -> Tensor:
         """Gradient of ``weight_decay / 2 * ||phi - phi_0||^2``: decay pulls towards the initial (noisy) state."""

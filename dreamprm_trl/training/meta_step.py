@@ -181,7 +181,7 @@ class MetaStepMixin:
         hypergrad, meta_loss = result
         seen = (hypergrad != 0) & self.meta_table.learnable
         grad = standardise_hypergradient(hypergrad.to(phi.dtype), seen, self.args.meta_centre_hypergradient)
-        if self.args.meta_calibrate:  # how far the clean verdicts back this step (`LabelTable.reliability`)
+        if self.args.meta_calibrate and self.meta_table.probes_clean:  # how far the clean verdicts back this step
             reliability = self.meta_table.reliability(hypergrad, seen, self.args.meta_centre_hypergradient)
             grad = grad * reliability
             self._meta_logs["meta/reliability"].append(reliability)
