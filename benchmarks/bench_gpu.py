@@ -150,12 +150,14 @@ def _training_cells(size: str, prm, tokenizer, args, device: str) -> list[dict]:
     cells = []
     for ckpt in (False, True):
         _set_checkpointing(prm, ckpt)
+        updates = len(darts._meta_logs["meta/loss"])
         timed = _timed_pair({"plain": plain, "meta": darts}, inputs, args.repeats, args.warmup, device)
         (t_plain, m_plain), (t_meta, m_meta) = timed["plain"], timed["meta"]
+        updates = len(darts._meta_logs["meta/loss"]) - updates  # meta updates made by the timed and warm-up steps
         cells.append({"size": size, "checkpointing": ckpt, "batch_tokens": tokens,
                       "tokens_per_row": tokens / args.batch, "plain_s": t_plain, "tokens_per_s": tokens / t_plain,
                       "meta_s": t_meta, "meta_ratio": t_meta / t_plain, "peak_gib_plain": m_plain,
-                      "peak_gib_meta": m_meta})
+                      "peak_gib_meta": m_meta, "meta_updates": updates})
         print(json.dumps(cells[-1]), flush=True)
     _set_checkpointing(prm, False)
     return cells

@@ -33,7 +33,9 @@ def test_tiny_mode_runs_on_cpu_and_writes_the_table(tmp_path):
     for c in cells:
         assert 0.5 * 512 < c["tokens_per_row"] <= 512  # rows fill the sequence budget without being dropped
         assert c["tokens_per_s"] > 0 and c["peak_gib_plain"] is None  # no CUDA, no peak memory
-        assert c["meta_ratio"] > 1.2  # the meta update adds a meta forward+backward and two forwards (~2.5x)
+        # every timed and warm-up step of the meta trainer made a meta update (counted, not timed: on shared CI
+        # cores the median of 3 sub-second steps put meta_ratio anywhere from 1.14 to 1.7)
+        assert c["meta_updates"] == result["warmup"] + result["repeats"]
     (scoring,) = result["scoring"]
     assert scoring["k_steps"] == 8 and scoring["speedup"] > 1.2  # per-prefix runs 8 passes (~4.5x the tokens)
     md = (tmp_path / "gpu.md").read_text()
