@@ -120,15 +120,16 @@ def make_prm(seed: int, texts: list[str] | None = None, vocab_size: int = 300) -
 
 
 def train(task: dict, labels: list[list[float]], method: str, batch: int, steps: int, seed: int, tmp: str,
-          trainer_cls: type = FunctionStepPRMTrainer):
+          trainer_cls: type = FunctionStepPRMTrainer, **config):
     """A PRM trained on ``task``'s train rows with ``labels`` and its meta set, library defaults (``trainer_cls``:
-    a subclass that records something, for the diagnostics)."""
+    a subclass that records something, for the diagnostics; ``config``: config fields a diagnostic varies)."""
     rows = [dict(r, mc_labels=y) for r, y in zip(task["train"], labels)]
     cols = ["task_id", "prompt", "steps", "mc_labels", FIXED_LABEL_COLUMN]
     ds = datasets.Dataset.from_list([{k: r[k] for k in cols} for r in rows])
     args = FunctionStepPRMConfig(
         output_dir=tmp, use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=10,
         learning_rate=3e-3, per_device_train_batch_size=batch, max_steps=steps, seed=seed, meta_method=method,
+        **config,
     )
     prm = make_prm(seed, task.get("texts"), task.get("vocab_size", 300))
     trainer = trainer_cls(prm, args, train_dataset=ds, meta_dataset=datasets.Dataset.from_list(task["meta"]))
@@ -461,7 +462,7 @@ def main() -> None:
     _quiet()
     seeds = range(1 if args.quick else args.seeds)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    quick = " --quick" if args.quick else ""
+    quick = (" --quick" if args.quick else "") + (f" --seeds {args.seeds}" if args.seeds != 3 else "")
     parts = {}
     for part in (["synthetic", "ranking", "classeval"] if args.part == "all" else [args.part]):
         start = time.time()

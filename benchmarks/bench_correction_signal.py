@@ -64,8 +64,9 @@ def ideal_vote_wrong_rate(wrong: float, accuracy: float, votes: int) -> float:
     return wrong * (1 - at_least(accuracy)) + (1 - wrong) * at_least(1 - accuracy)
 
 
-def run(vocabulary: str, size: int, noise: str, batch: int, seed: int) -> dict:
-    """One default ``label_correction`` run: per-visit accuracy, visits, the ideal-vote bound and the realised rate."""
+def run(vocabulary: str, size: int, noise: str, batch: int, seed: int, meta_unroll: str = "sgd") -> dict:
+    """One default ``label_correction`` run (``meta_unroll`` aside): per-visit accuracy, visits, the ideal-vote
+    bound and the realised rate."""
     task = synthetic_task(noise, seed, n_eval=48 if vocabulary == "marked" else 200, vocabulary=vocabulary,
                           hidden_size=size)
     rows = task["train"]
@@ -73,7 +74,8 @@ def run(vocabulary: str, size: int, noise: str, batch: int, seed: int) -> dict:
     learnable = ~torch.tensor([f for r in rows for f in r[FIXED_LABEL_COLUMN]])
     noisy = [r["mc_labels"] for r in rows]
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = train(task, noisy, "label_correction", batch, {8: 120, 64: 60}[batch], seed, tmp, RecordingTrainer)
+        trainer = train(task, noisy, "label_correction", batch, {8: 120, 64: 60}[batch], seed, tmp, RecordingTrainer,
+                        meta_unroll=meta_unroll)
     towards = torch.sign(truth - 0.5)  # the descent direction -g should have this sign
     right, visits = torch.zeros_like(truth), torch.zeros_like(truth)
     for g, seen in trainer.visits:
@@ -98,17 +100,23 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--noise", default="flip:0.3")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--meta-unroll", default="sgd", choices=["sgd", "adam"],
+                        help="the inner step the hypergradient's unroll models (adam: writes OUT_adam.*)")
     parser.add_argument("--out", default=os.path.join(OUT, "correction_signal"), help="writes OUT.md and OUT.json")
     args = parser.parse_args()
     _quiet()
     start = time.time()
-    grid = [(v, z, args.noise, b, s) for v, z in (("marked", 6), ("hidden", 8), ("hidden", 32)) for b in (8, 64)
-            for s in range(args.seeds)]
+    if args.meta_unroll != "sgd":
+        args.out += f"_{args.meta_unroll}"
+    grid = [(v, z, args.noise, b, s, args.meta_unroll) for v, z in (("marked", 6), ("hidden", 8), ("hidden", 32))
+            for b in (8, 64) for s in range(args.seeds)]
     with _pool(args.workers) as pool:
         cells = list(pool.map(_run, grid))
+    unroll = f" --meta-unroll {args.meta_unroll}" if args.meta_unroll != "sgd" else ""
+    unroll_note = f" but meta_unroll={args.meta_unroll!r}" if unroll else ""
     lines = ["# Per-visit accuracy of the label hypergradient (`benchmarks/bench_correction_signal.py`)", "",
-             f"`nice -n 10 python benchmarks/bench_correction_signal.py --workers {args.workers}` "
-             f"({time.time() - start:.0f} s); noise {args.noise}, library defaults, seeds 0-{args.seeds - 1} "
+             f"`nice -n 10 python benchmarks/bench_correction_signal.py --workers {args.workers}{unroll}` "
+             f"({time.time() - start:.0f} s); noise {args.noise}, library defaults{unroll_note}, seeds 0-{args.seeds - 1} "
              "(mean, and per seed in brackets).", "",
              "| steps | batch | per-visit accuracy | visits per label | wrong noisy | wrong: ideal vote on the visits "
              "| wrong: corrected |", "|---|---|---|---|---|---|---|"]

@@ -10,6 +10,7 @@ from dreamprm_trl.training import (
     LabelTable,
     WeightTable,
     build_table,
+    adam_preconditioner,
     darts_hypergradient,
     exact_hypergradient,
     split_by_task,
@@ -246,6 +247,19 @@ def _finite_difference(f, phi, h=1e-5):
     return grad
 
 
+def _darts_at(live, phi, inner_loss, meta_loss, table_grad, precondition=None):
+    """`darts_hypergradient` of the MLP problem at the parameters ``live`` (a dict of leaf tensors)."""
+    names = list(live)
+    inner_grads = torch.autograd.grad(inner_loss(live, phi), [live[k] for k in names])
+
+    def meta_grad_fn():
+        loss = meta_loss(live)
+        return torch.autograd.grad(loss, [live[k] for k in names]), loss
+
+    return darts_hypergradient([live[k] for k in names], inner_grads, LR, meta_grad_fn,
+                               lambda: table_grad(live, phi), alpha=0.01, precondition=precondition)
+
+
 @pytest.mark.parametrize("kind,loss_type,smoothing", [("label", "bce", 0.0), ("label", "mse", 0.1),
                                                       ("weight", "bce", 0.0)])
 def test_hypergradients_match_finite_difference(kind, loss_type, smoothing):
@@ -260,18 +274,9 @@ def test_hypergradients_match_finite_difference(kind, loss_type, smoothing):
     torch.testing.assert_close(exact, reference, rtol=1e-6, atol=1e-9)
 
     live = {k: v.clone().requires_grad_() for k, v in params.items()}
-    names = list(live)
-    inner_grads = torch.autograd.grad(inner_loss(live, phi), [live[k] for k in names])
-
-    def meta_grad_fn():
-        loss = meta_loss(live)
-        return torch.autograd.grad(loss, [live[k] for k in names]), loss
-
-    before = [live[k].detach().clone() for k in names]
-    darts, meta_value = darts_hypergradient(
-        [live[k] for k in names], inner_grads, LR, meta_grad_fn, lambda: table_grad(live, phi), alpha=0.01
-    )
-    for k, b in zip(names, before):
+    before = {k: v.detach().clone() for k, v in live.items()}
+    darts, meta_value = _darts_at(live, phi, inner_loss, meta_loss, table_grad)
+    for k, b in before.items():
         assert torch.equal(live[k].detach(), b)  # parameters restored bit for bit
     assert meta_value.item() == pytest.approx(value.item(), rel=1e-12)
     assert F.cosine_similarity(darts, reference, dim=0) > 0.999
@@ -297,3 +302,40 @@ def test_darts_reduce_fn_sees_meta_gradient():
     h0, _ = darts_hypergradient(live, grads, LR, meta_grad_fn, lambda: table_grad(named, phi))
     assert len(seen) == 1
     torch.testing.assert_close(h1, 2 * h0, rtol=1e-5, atol=1e-9)
+
+
+def test_adam_preconditioner_is_the_step_scale_of_torch_adam():
+    """With beta1 = 0 and no weight decay Adam's step is exactly ``lr * g * P``, P read from its state after it."""
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(5, dtype=torch.float64))
+    opt = torch.optim.Adam([p], lr=0.1, betas=(0.0, 0.99), eps=1e-3)
+    assert adam_preconditioner(opt.state[p], 0.99, 1e-3) is None  # no step yet: nothing to read
+    for _ in range(3):
+        g = torch.randn(5, dtype=torch.float64) * torch.tensor([1e-3, 1e-2, 1.0, 10.0, 0.0], dtype=torch.float64)
+        before = p.detach().clone()
+        p.grad = g.clone()
+        opt.step()
+        scale = adam_preconditioner(opt.state[p], 0.99, 1e-3)
+        torch.testing.assert_close((before - p.detach()), 0.1 * g * scale, rtol=1e-12, atol=1e-15)
+    assert scale[4] > scale[3]  # a coordinate with small second moments gets the larger step
+
+
+def test_preconditioned_hypergradients_match_finite_difference():
+    """``theta - lr * P g``: DARTS and exact against a finite difference of that unrolled loss, written out here."""
+    params, phi, inner_loss, meta_loss, table_grad = _mlp_problem("label", "mse", 0.1)
+    gen = torch.Generator().manual_seed(3)
+    scale = {k: torch.rand(v.shape, generator=gen, dtype=v.dtype) * 10 for k, v in params.items()}
+
+    def f(ph):
+        grads = torch.func.grad(inner_loss)(dict(params), ph)
+        return meta_loss({k: params[k] - LR * scale[k] * grads[k] for k in params})
+
+    reference = _finite_difference(f, phi)
+    plain, _ = exact_hypergradient(inner_loss, meta_loss, params, phi, LR)
+    assert F.cosine_similarity(plain, reference, dim=0) < 0.99  # P changes the direction: the test can tell
+    exact, _ = exact_hypergradient(inner_loss, meta_loss, params, phi, LR, scale)
+    torch.testing.assert_close(exact, reference, rtol=1e-6, atol=1e-9)
+
+    live = {k: v.clone().requires_grad_() for k, v in params.items()}
+    darts, _ = _darts_at(live, phi, inner_loss, meta_loss, table_grad, [scale[k] for k in live])
+    torch.testing.assert_close(darts, reference, rtol=1e-3, atol=1e-6)

@@ -18,7 +18,8 @@ from .checkpoints import META_STATE_NAME, last_complete_checkpoint
 from .config import META_LEARNING_RATES, META_METHODS, PRM_FIELDS, FunctionStepPRMConfig
 from .formats import FORMATS, prepare_dataset
 from .hypergradient import (
-    darts_hypergradient, exact_hypergradient, label_loss_grad, standardise_hypergradient, unrolled_meta_loss,
+    adam_preconditioner, darts_hypergradient, exact_hypergradient, label_loss_grad, standardise_hypergradient,
+    unrolled_meta_loss,
 )
 from .meta_methods import META_TABLES, LabelTable, MetaTable, WeightTable, build_table, weighted_step_loss
 from .splits import split_by_task
@@ -26,7 +27,8 @@ from .trainer import FunctionStepPRMTrainer
 
 __all__ = [
     "FORMATS", "META_LEARNING_RATES", "META_METHODS", "META_STATE_NAME", "META_TABLES", "PRM_FIELDS",
-    "FunctionStepPRMConfig", "FunctionStepPRMTrainer", "LabelTable", "MetaTable", "WeightTable", "build_table",
-    "darts_hypergradient", "exact_hypergradient", "label_loss_grad", "last_complete_checkpoint", "prepare_dataset",
-    "split_by_task", "standardise_hypergradient", "unrolled_meta_loss", "weighted_step_loss",
+    "FunctionStepPRMConfig", "FunctionStepPRMTrainer", "LabelTable", "MetaTable", "WeightTable",
+    "adam_preconditioner", "build_table", "darts_hypergradient", "exact_hypergradient", "label_loss_grad",
+    "last_complete_checkpoint", "prepare_dataset", "split_by_task", "standardise_hypergradient",
+    "unrolled_meta_loss", "weighted_step_loss",
 ]

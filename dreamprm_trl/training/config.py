@@ -13,6 +13,7 @@ from ..prm.losses import AGGREGATIONS, LOSS_TYPES
 
 META_METHODS = ("label_correction", "sample_reweighting", "none")
 HYPERGRADIENTS = ("darts", "exact")
+META_UNROLLS = ("sgd", "adam")
 META_SPLITS = ("task", "program")
 #: Default meta learning rate per method (``meta_learning_rate=None``); see the field's help for the sources.
 META_LEARNING_RATES = {"label_correction": 0.5, "sample_reweighting": 1e-2}
@@ -88,8 +89,11 @@ class FunctionStepPRMConfig(TrainingArguments):
         meta_split (`str`, defaults to `"task"`): how the meta set must relate to the train rows, checked when both
             have ``task_id``: ``task`` (disjoint problems, the default) or ``program`` (problems may be shared, never
             the same program). `training.split_by_task` builds a ``task`` split.
-        meta_inner_learning_rate (`float`, *optional*): ``eta`` of the unrolled SGD step; ``None`` uses the
+        meta_inner_learning_rate (`float`, *optional*): ``eta`` of the unrolled step; ``None`` uses the
             current learning rate of the PRM optimizer.
+        meta_unroll (`str`, defaults to `"sgd"`): the inner step the one-step unroll models: ``sgd``
+            (``theta - eta g``) or ``adam`` (``theta - eta g / (sqrt(v_hat) + eps)``, Adam's second moments read
+            from the PRM optimizer, so the hypergradient weighs each parameter as the real AdamW step does).
 
     > [!NOTE]
     > Defaults differing from [`~transformers.TrainingArguments`]: `learning_rate` 1e-4 (the paper),
@@ -180,7 +184,12 @@ class FunctionStepPRMConfig(TrainingArguments):
                   "clean labels: unscaled."},
     )
     meta_inner_learning_rate: float | None = field(
-        default=None, metadata={"help": "Unrolled SGD step size; None uses the PRM optimizer's current lr."}
+        default=None, metadata={"help": "Unrolled step size; None uses the PRM optimizer's current lr."}
+    )
+    meta_unroll: str = field(
+        default="sgd",
+        metadata={"help": "Inner step the unroll models: sgd, or adam (the PRM optimizer's second moments).",
+                  "choices": list(META_UNROLLS)},
     )
 
     def __post_init__(self):
@@ -188,6 +197,7 @@ class FunctionStepPRMConfig(TrainingArguments):
         checks = [
             ("meta_method", self.meta_method in META_METHODS, f"one of {META_METHODS}"),
             ("hypergradient", self.hypergradient in HYPERGRADIENTS, f"one of {HYPERGRADIENTS}"),
+            ("meta_unroll", self.meta_unroll in META_UNROLLS, f"one of {META_UNROLLS}"),
             ("loss_type", self.loss_type in LOSS_TYPES, f"one of {LOSS_TYPES}"),
             ("aggregation", self.aggregation in AGGREGATIONS, f"one of {AGGREGATIONS}"),
             ("max_length", self.max_length > 0, "a positive token count, e.g. 1024"),

@@ -5,11 +5,13 @@ The bi-level problem (DreamPRM-Code, arXiv 2512.15000)::
     inner:  theta*(phi) = argmin_theta  l(theta, phi)   (PRM on step rows, labels/weights given by the table phi)
     outer:  min_phi  L_meta(theta*(phi))                (whole programs scored against clean unit-test verdicts)
 
-With one unrolled SGD step ``theta' = theta - lr * grad_theta l(theta, phi)`` the hypergradient is
-``dL_meta/dphi = -lr * d2l/(dphi dtheta) . v`` with ``v = grad L_meta(theta')``. Two ways to get it:
+With one unrolled step ``theta' = theta - lr * P grad_theta l(theta, phi)`` the hypergradient is
+``dL_meta/dphi = -lr * d2l/(dphi dtheta) . P v`` with ``v = grad L_meta(theta')``. ``P`` is a fixed diagonal
+preconditioner: the identity models plain SGD, ``1 / (sqrt(v_hat) + eps)`` from the optimizer's state models an
+Adam step (:func:`adam_preconditioner`). Two ways to get it:
 
-* :func:`darts_hypergradient` -- the DARTS central difference ``-lr [g(theta + eps v) - g(theta - eps v)] / (2 eps)``
-  with ``g = d l / d phi`` and ``eps = alpha / ||v||``. ``g`` is analytic in the prediction
+* :func:`darts_hypergradient` -- the DARTS central difference ``-lr [g(theta + eps u) - g(theta - eps u)] / (2 eps)``
+  with ``g = d l / d phi``, ``u = P v`` and ``eps = alpha / ||u||``. ``g`` is analytic in the prediction
   (:func:`label_loss_grad`), so the two perturbed terms need forward passes only, and the inner step can reuse
   the gradient the ordinary training step already computed.
 * :func:`exact_hypergradient` -- differentiates through the unrolled step with ``torch.func`` (second order).
@@ -81,6 +83,7 @@ def darts_hypergradient(
     table_grad_fn: Callable[[], Tensor],
     alpha: float = 0.01,
     reduce_fn: Callable[[list[Tensor]], list[Tensor]] | None = None,
+    precondition: Sequence[Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """DARTS finite-difference hypergradient of the one-step-unrolled meta loss with respect to the table ``phi``.
 
@@ -92,18 +95,21 @@ def darts_hypergradient(
         table_grad_fn: at the current ``params``, returns ``d l / d phi`` (forward passes only).
         alpha: ``eps = alpha / ||v||``.
         reduce_fn: averages ``v`` across processes so every rank perturbs identically (identity if ``None``).
+        precondition: the diagonal ``P`` of the unrolled step, one tensor per parameter (``None``: SGD, ``P = 1``).
 
     Returns:
         ``(d L_meta(theta') / d phi, L_meta(theta'))``.
     """
     params = list(params)
     original = [p.detach().clone() for p in params]
+    scale = list(precondition) if precondition is not None else [1.0] * len(params)
     try:
-        _assign(params, [p - lr * g for p, g in zip(original, inner_grads)])
+        _assign(params, [p - lr * d * g for p, d, g in zip(original, scale, inner_grads)])
         v, meta_loss = meta_grad_fn()
         v = [t.detach() for t in v]
         if reduce_fn is not None:
             v = reduce_fn(v)
+        v = [d * t for d, t in zip(scale, v)]
         norm = torch.sqrt(sum((t.double() ** 2).sum() for t in v))
         if not torch.isfinite(norm):
             raise FloatingPointError(f"meta gradient norm is {norm.item()}; lower meta_learning_rate or check labels.")
@@ -118,15 +124,19 @@ def darts_hypergradient(
 
 
 def unrolled_meta_loss(
-    inner_loss: InnerLoss, meta_loss: MetaLoss, params: Mapping[str, Tensor], phi: Tensor, lr: float
+    inner_loss: InnerLoss, meta_loss: MetaLoss, params: Mapping[str, Tensor], phi: Tensor, lr: float,
+    precondition: Mapping[str, Tensor] | None = None,
 ) -> Tensor:
-    """``L_meta(theta - lr * grad_theta l(theta, phi))`` as a differentiable function of ``phi`` (``torch.func``)."""
+    """``L_meta(theta - lr * P grad_theta l(theta, phi))`` as a differentiable function of ``phi`` (``torch.func``);
+    ``precondition`` maps parameter names to the diagonal ``P`` (``None``: the identity, an SGD step)."""
     grads = torch.func.grad(inner_loss)(dict(params), phi)
-    return meta_loss({k: p - lr * grads[k] for k, p in params.items()})
+    scale = precondition or {}
+    return meta_loss({k: p - lr * scale.get(k, 1.0) * grads[k] for k, p in params.items()})
 
 
 def exact_hypergradient(
-    inner_loss: InnerLoss, meta_loss: MetaLoss, params: Mapping[str, Tensor], phi: Tensor, lr: float
+    inner_loss: InnerLoss, meta_loss: MetaLoss, params: Mapping[str, Tensor], phi: Tensor, lr: float,
+    precondition: Mapping[str, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Exact second-order hypergradient of :func:`unrolled_meta_loss`; returns ``(d L_meta / d phi, L_meta)``.
 
@@ -135,7 +145,19 @@ def exact_hypergradient(
     cannot run here: load the backbone with ``attn_implementation="eager"``.
     """
     detached = {k: p.detach() for k, p in params.items()}
-    grad, value = torch.func.grad_and_value(lambda f: unrolled_meta_loss(inner_loss, meta_loss, detached, f, lr))(
-        phi.detach()
-    )
+    grad, value = torch.func.grad_and_value(
+        lambda f: unrolled_meta_loss(inner_loss, meta_loss, detached, f, lr, precondition)
+    )(phi.detach())
     return grad, value
+
+
+def adam_preconditioner(state: Mapping[str, Tensor], beta2: float, eps: float) -> Tensor | None:
+    """Adam's diagonal step scale ``1 / (sqrt(v_hat) + eps)`` of one parameter from its optimizer ``state``
+    (``exp_avg_sq`` and ``step``, as `torch.optim.Adam`/`AdamW` keep them); ``None`` before its first step."""
+    if "exp_avg_sq" not in state or "step" not in state:
+        return None
+    step = float(state["step"])
+    if step < 1:
+        return None
+    v_hat = state["exp_avg_sq"] / (1.0 - beta2 ** step)
+    return 1.0 / (v_hat.sqrt() + eps)

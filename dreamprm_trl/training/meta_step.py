@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ..prm import aggregate_scores
 from ..schema import IGNORE_INDEX, LABEL_FIXED, STEPS, TASK_ID
 from .config import META_LEARNING_RATES
-from .hypergradient import darts_hypergradient, exact_hypergradient, standardise_hypergradient
+from .hypergradient import adam_preconditioner, darts_hypergradient, exact_hypergradient, standardise_hypergradient
 from .meta_methods import MetaTable, build_table, weighted_step_loss
 from .scale import deterministic_train_mode, fp32_parameters, unscaled_grads
 
@@ -216,15 +216,17 @@ class MetaStepMixin:
         )
         meta_batch = self._meta_batch()
         world = self.accelerator.num_processes
+        scale = self._unroll_preconditioner(named)
         # deterministic (no dropout) meta passes that still checkpoint; fp32 so the finite differences are exact
         with deterministic_train_mode(prm), fp32_parameters(prm):
             if self.args.hypergradient == "darts":
-                result = self._darts(prm, [p for _, p in named], window, meta_batch, num_items, lr)
+                result = self._darts(prm, [p for _, p in named], window, meta_batch, num_items, lr, scale)
                 if result is None:
                     return None
                 hypergrad, meta_loss = result
             else:
-                hypergrad, meta_loss = self._exact(prm, named, window, meta_batch, num_items, lr)
+                precondition = None if scale is None else {n: d for (n, _), d in zip(named, scale)}
+                hypergrad, meta_loss = self._exact(prm, named, window, meta_batch, num_items, lr, precondition)
         if world > 1:
             hypergrad = self.accelerator.reduce(hypergrad.contiguous(), "sum")
             meta_loss = self.accelerator.reduce(meta_loss.detach().reshape(1), "mean")[0]
@@ -234,7 +236,29 @@ class MetaStepMixin:
             )
         return hypergrad, meta_loss
 
-    def _darts(self, prm, params, window, meta_batch, num_items, lr) -> tuple[Tensor, Tensor] | None:
+    def _unroll_preconditioner(self, named: list[tuple[str, nn.Parameter]]) -> list[Tensor] | None:
+        """``meta_unroll="adam"``: the PRM optimizer's diagonal Adam step scale per parameter (`adam_preconditioner`);
+        ``None`` (an SGD unroll) with ``"sgd"`` or before the optimizer's first step."""
+        if self.args.meta_unroll != "adam":
+            return None
+        opt = getattr(self.optimizer, "optimizer", self.optimizer)
+        groups = {id(p): g for g in opt.param_groups for p in g["params"]}
+        scale = []
+        for name, p in named:
+            group = groups.get(id(p))
+            if group is None or "betas" not in group:
+                raise ValueError(
+                    f"meta_unroll='adam' reads Adam's second moments, but the PRM optimizer "
+                    f"({type(opt).__name__}) has no Adam betas for parameter {name!r}; use an Adam-family optim "
+                    "(e.g. optim='adamw_torch') or meta_unroll='sgd'."
+                )
+            d = adam_preconditioner(opt.state.get(p, {}), group["betas"][1], group["eps"])
+            if d is None:  # no step taken yet (no warm-up): every parameter gets the SGD unroll alike
+                return None
+            scale.append(d.to(p.device))
+        return scale
+
+    def _darts(self, prm, params, window, meta_batch, num_items, lr, scale=None) -> tuple[Tensor, Tensor] | None:
         """DARTS hypergradient from the inner gradient in ``.grad`` (``None`` on an fp16 overflow)."""
         world = self.accelerator.num_processes
         grads = unscaled_grads([p.grad if p.grad is not None else torch.zeros_like(p) for p in params],
@@ -259,9 +283,10 @@ class MetaStepMixin:
         def reduce_fn(v):
             return [self.accelerator.reduce(t, "mean") for t in v] if world > 1 else v
 
-        return darts_hypergradient(params, grads, lr, meta_grad_fn, table_grad_fn, self.args.darts_alpha, reduce_fn)
+        return darts_hypergradient(params, grads, lr, meta_grad_fn, table_grad_fn, self.args.darts_alpha, reduce_fn,
+                                   scale)
 
-    def _exact(self, prm, named, window, meta_batch, num_items, lr) -> tuple[Tensor, Tensor]:
+    def _exact(self, prm, named, window, meta_batch, num_items, lr, precondition=None) -> tuple[Tensor, Tensor]:
         """Second-order hypergradient through ``torch.func.functional_call`` (this process's window)."""
         theta = {n: p for n, p in named}
 
@@ -277,4 +302,4 @@ class MetaStepMixin:
             return self._meta_loss(logits(params, meta_batch), meta_batch)
 
         with torch.enable_grad():
-            return exact_hypergradient(inner_loss, meta_loss, theta, self.meta_table.phi, lr)
+            return exact_hypergradient(inner_loss, meta_loss, theta, self.meta_table.phi, lr, precondition)
