@@ -73,6 +73,18 @@ def test_config_yaml_reaches_the_config_and_flags_win(tmp_path, captured):
     assert training_args.per_device_train_batch_size == 8  # a demo default nobody overrode
 
 
+def test_shipped_tiny_config_parses_and_keeps_the_measured_meta_defaults(tmp_path, captured):
+    """``examples/configs/tiny.yaml`` names only real fields and leaves the meta lr to its per-method default."""
+    from pathlib import Path
+
+    config = Path(__file__).parents[1] / "examples" / "configs" / "tiny.yaml"
+    assert main(["train", "--config", str(config), "--output_dir", str(tmp_path)]) == 0
+    (_, training_args), = captured
+    assert training_args.meta_method == "label_correction" and training_args.max_steps == 60
+    assert training_args.meta_learning_rate is None  # resolved per method by the trainer (0.5 for labels)
+    assert training_args.meta_batch_size == 8 and training_args.learning_rate == 1e-3
+
+
 def test_examples_train_and_the_cli_share_one_code_path(tmp_path, captured, monkeypatch):
     from pathlib import Path
 

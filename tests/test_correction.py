@@ -9,8 +9,8 @@ from dreamprm_trl.training.meta_methods import informedness_lower_bound
 from dreamprm_trl.training import (
     LabelTable,
     WeightTable,
-    build_table,
     adam_preconditioner,
+    build_table,
     darts_hypergradient,
     exact_hypergradient,
     split_by_task,
