@@ -64,9 +64,10 @@ def ideal_vote_wrong_rate(wrong: float, accuracy: float, votes: int) -> float:
     return wrong * (1 - at_least(accuracy)) + (1 - wrong) * at_least(1 - accuracy)
 
 
-def run(vocabulary: str, size: int, noise: str, batch: int, seed: int, meta_unroll: str = "sgd") -> dict:
+def run(vocabulary: str, size: int, noise: str, batch: int, seed: int, meta_unroll: str = "sgd",
+        trainer_cls: type | None = None) -> dict:
     """One default ``label_correction`` run (``meta_unroll`` aside): per-visit accuracy, visits, the ideal-vote
-    bound and the realised rate."""
+    bound and the realised rate (``trainer_cls``: a `RecordingTrainer` subclass with another hypergradient)."""
     task = synthetic_task(noise, seed, n_eval=48 if vocabulary == "marked" else 200, vocabulary=vocabulary,
                           hidden_size=size)
     rows = task["train"]
@@ -74,8 +75,8 @@ def run(vocabulary: str, size: int, noise: str, batch: int, seed: int, meta_unro
     learnable = ~torch.tensor([f for r in rows for f in r[FIXED_LABEL_COLUMN]])
     noisy = [r["mc_labels"] for r in rows]
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = train(task, noisy, "label_correction", batch, {8: 120, 64: 60}[batch], seed, tmp, RecordingTrainer,
-                        meta_unroll=meta_unroll)
+        trainer = train(task, noisy, "label_correction", batch, {8: 120, 64: 60}[batch], seed, tmp,
+                        trainer_cls or RecordingTrainer, meta_unroll=meta_unroll)
     towards = torch.sign(truth - 0.5)  # the descent direction -g should have this sign
     right, visits = torch.zeros_like(truth), torch.zeros_like(truth)
     for g, seen in trainer.visits:
