@@ -60,6 +60,8 @@ GOOD = [f"a{i}+;\n" for i in range(6)]
 BAD = [f"a{i}-;\n" for i in range(6)]
 PROMPT = "#\n"
 HIDDEN_SIZE = 32
+#: Optimizer steps of every benchmark run per batch size (the same number of epochs at either batch).
+STEPS = {8: 120, 64: 60}
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -435,8 +437,8 @@ def synthetic_part(noises: list[str], batches: list[int], seeds: range, vocabula
                    sizes: tuple[int, ...] = (HIDDEN_SIZE,), workers: int = 1) -> list:
     """Every (hidden size, noise, batch, seed) cell on ``workers`` processes, printed as it finishes (``sizes`` only
     for ``"hidden"``); cells come back in grid order whatever the order they finish in."""
-    start, steps = time.time(), {8: 120, 64: 60}
-    grid = [(n, b, seed, steps[b], vocabulary, n_eval, z) for z in (sizes if vocabulary == "hidden" else
+    start = time.time()
+    grid = [(n, b, seed, STEPS[b], vocabulary, n_eval, z) for z in (sizes if vocabulary == "hidden" else
             (HIDDEN_SIZE,)) for n in noises for b in batches for seed in seeds]
     with _pool(workers) as pool:
         futures = [pool.submit(run_cell, *g) for g in grid]

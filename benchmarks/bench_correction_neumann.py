@@ -109,7 +109,7 @@ def ranking_cell(args: tuple) -> dict:
     task = bc.synthetic_task(noise, seed, n_eval=200, vocabulary="hidden", hidden_size=8)
     noisy = [r["mc_labels"] for r in task["train"]]
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = bc.train(task, noisy, "label_correction", 8, 120, seed, tmp, _trainer(steps))
+        trainer = bc.train(task, noisy, "label_correction", 8, bc.STEPS[8], seed, tmp, _trainer(steps))
         return {"neumann_steps": steps, "noise": noise, "seed": seed,
                 "noisy": bc.label_error(task, noisy), "corrected": bc.label_error(task, trainer.corrected_labels()),
                 "pass_lc": bc.pass_values(trainer.model, task["groups"]).tolist()}
@@ -136,7 +136,8 @@ def main() -> None:
     seeds = sorted({s for _, s in stored})
     sig_grid = [(k, v, z, s) for k in map(int, args.signal_steps.split(",")) for v, z in (("marked", 6), ("hidden", 8))
                 for s in range(3)]
-    rank_grid = [(k, n, s) for k in map(int, args.ranking_steps.split(",")) for n in ("flip:0.3", "mc:4") for s in seeds]
+    rank_grid = [(k, n, s) for k in map(int, args.ranking_steps.split(",")) for n in ("flip:0.3", "mc:4")
+                 for s in seeds]
     with bc._pool(args.workers) as pool:
         signal = list(pool.map(signal_cell, sig_grid))
         ranking = list(pool.map(ranking_cell, rank_grid))
@@ -144,7 +145,8 @@ def main() -> None:
              "", f"`nice -n 10 python benchmarks/bench_correction_neumann.py --workers {args.workers}` "
              f"({time.time() - start:.0f} s); flip 30 % unless named, batch 8, library defaults otherwise.", "",
              "## Per-visit accuracy of the label direction (seeds 0-2)", "",
-             "| K | steps | per-visit accuracy (per seed) | wrong noisy | wrong corrected (per seed) |", "|---|---|---|---|---|"]
+             "| K | steps | per-visit accuracy (per seed) | wrong noisy | wrong corrected (per seed) |",
+             "|---|---|---|---|---|"]
     for key in dict.fromkeys((c["neumann_steps"], c["vocabulary"]) for c in signal):
         group = [c for c in signal if (c["neumann_steps"], c["vocabulary"]) == key]
         acc, wrong = [c["accuracy"] for c in group], [c["corrected_wrong"] for c in group]

@@ -28,7 +28,9 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_correction import FIXED_LABEL_COLUMN, OUT, _pool, _quiet, label_error, synthetic_task, train  # noqa: E402
+from bench_correction import (  # noqa: E402
+    FIXED_LABEL_COLUMN, OUT, STEPS, _pool, _quiet, label_error, synthetic_task, train,
+)
 
 from dreamprm_trl import FunctionStepPRMTrainer  # noqa: E402
 from dreamprm_trl.training.hypergradient import standardise_hypergradient  # noqa: E402
@@ -75,7 +77,7 @@ def run(vocabulary: str, size: int, noise: str, batch: int, seed: int, meta_unro
     learnable = ~torch.tensor([f for r in rows for f in r[FIXED_LABEL_COLUMN]])
     noisy = [r["mc_labels"] for r in rows]
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = train(task, noisy, "label_correction", batch, {8: 120, 64: 60}[batch], seed, tmp,
+        trainer = train(task, noisy, "label_correction", batch, STEPS[batch], seed, tmp,
                         trainer_cls or RecordingTrainer, meta_unroll=meta_unroll)
     towards = torch.sign(truth - 0.5)  # the descent direction -g should have this sign
     right, visits = torch.zeros_like(truth), torch.zeros_like(truth)
@@ -117,7 +119,8 @@ def main() -> None:
     unroll_note = f" but meta_unroll={args.meta_unroll!r}" if unroll else ""
     lines = ["# Per-visit accuracy of the label hypergradient (`benchmarks/bench_correction_signal.py`)", "",
              f"`nice -n 10 python benchmarks/bench_correction_signal.py --workers {args.workers}{unroll}` "
-             f"({time.time() - start:.0f} s); noise {args.noise}, library defaults{unroll_note}, seeds 0-{args.seeds - 1} "
+             f"({time.time() - start:.0f} s); noise {args.noise}, library defaults{unroll_note}, "
+             f"seeds 0-{args.seeds - 1} "
              "(mean, and per seed in brackets).", "",
              "| steps | batch | per-visit accuracy | visits per label | wrong noisy | wrong: ideal vote on the visits "
              "| wrong: corrected |", "|---|---|---|---|---|---|---|"]
