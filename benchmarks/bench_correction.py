@@ -28,6 +28,7 @@ labels of real ClassEval trajectories with ``step_ground_truth`` (3 seeds, each 
     nice -n 10 python benchmarks/bench_correction.py --part ranking       # one part; the others are kept
     nice -n 10 python benchmarks/bench_correction.py --quick              # one seed, fewer settings
     nice -n 10 python benchmarks/bench_correction.py --workers 2          # cells on two processes (~22 min)
+    nice -n 10 python benchmarks/bench_correction.py --hypergradient neumann   # the implicit option; OUT_neumann.*
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from dreamprm_trl import FunctionStepPRMConfig, FunctionStepPRMTrainer  # noqa: 
 from dreamprm_trl.scripts.demo_backbones import tiny_causal_backbone  # noqa: E402
 from dreamprm_trl.schema import LABEL_FIXED as FIXED_LABEL_COLUMN  # noqa: E402
 from dreamprm_trl.training import split_by_task  # noqa: E402
+from dreamprm_trl.training.config import HYPERGRADIENTS  # noqa: E402
 from dreamprm_trl.evaluation.metrics import bootstrap_ci, per_problem_reranked  # noqa: E402
 from dreamprm_trl.prm import FunctionStepPRM  # noqa: E402
 
@@ -171,9 +173,9 @@ def label_error(task: dict, labels: list[list[float]], weights=None) -> tuple[fl
 
 
 def run_cell(noise: str, batch: int, seed: int, steps: int, vocabulary: str = "marked", n_eval: int = 48,
-             hidden_size: int = HIDDEN_SIZE) -> dict:
+             hidden_size: int = HIDDEN_SIZE, hypergradient: str = "darts") -> dict:
     """One (noise, batch, seed): label errors and held-out reranking of the plain, corrected, reweighted,
-    self-trained and truth-trained PRMs (see the module docstring)."""
+    self-trained and truth-trained PRMs (see the module docstring); ``hypergradient`` of the two meta methods."""
     task = synthetic_task(noise, seed, n_eval=n_eval, vocabulary=vocabulary, hidden_size=hidden_size)
     noisy = [r["mc_labels"] for r in task["train"]]
     groups = task["groups"]
@@ -192,10 +194,10 @@ def run_cell(noise: str, batch: int, seed: int, steps: int, vocabulary: str = "m
         preds = [p[:-1] + [r["mc_labels"][-1]] for p, r in zip(preds, task["train"])]  # the verdict stays clean
         out["plain_preds"] = label_error(task, preds)
         rank("none", prm)
-        lc = train(task, noisy, "label_correction", batch, steps, seed, tmp)
+        lc = train(task, noisy, "label_correction", batch, steps, seed, tmp, hypergradient=hypergradient)
         out["corrected"] = label_error(task, lc.corrected_labels())
         rank("lc", lc.model)
-        rw = train(task, noisy, "sample_reweighting", batch, steps, seed, tmp)
+        rw = train(task, noisy, "sample_reweighting", batch, steps, seed, tmp, hypergradient=hypergradient)
         out["reweighted"] = label_error(task, noisy, rw.meta_table.row_weights())
         rank("rw", rw.model)
         rank("self", train(task, preds, "none", batch, steps, seed, tmp).model)
@@ -286,7 +288,7 @@ def classeval_part(seeds: range = range(3), n_tasks: int = 12, workers: int = 1,
 
 
 def classeval_seed(seed: int = 0, n_tasks: int = 12, rollouts: int = 4, steps: int = 100,
-                   max_chars: int = 2500) -> dict:
+                   max_chars: int = 2500, hypergradient: str = "darts") -> dict:
     """MC and corrected labels of real ClassEval trajectories against ``step_ground_truth`` (non-final steps).
 
     A seeded third of ``n_tasks`` sampled tasks gives the meta set (all 25 bundled candidates and the reference
@@ -332,7 +334,7 @@ def classeval_seed(seed: int = 0, n_tasks: int = 12, rollouts: int = 4, steps: i
     with tempfile.TemporaryDirectory() as tmp:
         plain = train(task, mc, "none", 8, steps, seed, tmp)
         preds = step_predictions(plain.model, task["train"])
-        trainer = train(task, mc, "label_correction", 8, steps, seed, tmp)
+        trainer = train(task, mc, "label_correction", 8, steps, seed, tmp, hypergradient=hypergradient)
     reliability = [h["meta/reliability"] for h in trainer.state.log_history if "meta/reliability" in h]
     out = {"seed": seed, "tasks_train": sorted({r["task_id"] for r in rows}), "tasks_meta": meta_tasks,
            "trajectories": len(rows), "meta_programs": len(meta), "meta_passed": sum(m["passed"] for m in meta),
@@ -403,9 +405,10 @@ def _merge(path: str, part: str, result) -> dict:
     return data["parts"]
 
 
-def report(parts: dict, notes: str | None = None) -> str:
+def report(parts: dict, notes: str | None = None, hypergradient: str = "darts") -> str:
     """correction.md from every part in OUT.json, then the hand-written ``notes`` file (what was tried), if any."""
-    lines = ["# Label correction benchmark (`benchmarks/bench_correction.py`, library defaults)", ""]
+    but = "" if hypergradient == "darts" else f" but `hypergradient={hypergradient!r}` for both meta methods"
+    lines = [f"# Label correction benchmark (`benchmarks/bench_correction.py`, library defaults{but})", ""]
     if "synthetic" in parts:
         p = parts["synthetic"]
         lines += ["## Marked steps: label error (and pass@1, saturated)", "", p["command"], "", *markdown_labels(
@@ -434,11 +437,11 @@ def _pool(workers: int) -> ProcessPoolExecutor:
 
 
 def synthetic_part(noises: list[str], batches: list[int], seeds: range, vocabulary: str, n_eval: int,
-                   sizes: tuple[int, ...] = (HIDDEN_SIZE,), workers: int = 1) -> list:
+                   sizes: tuple[int, ...] = (HIDDEN_SIZE,), workers: int = 1, hypergradient: str = "darts") -> list:
     """Every (hidden size, noise, batch, seed) cell on ``workers`` processes, printed as it finishes (``sizes`` only
     for ``"hidden"``); cells come back in grid order whatever the order they finish in."""
     start = time.time()
-    grid = [(n, b, seed, STEPS[b], vocabulary, n_eval, z) for z in (sizes if vocabulary == "hidden" else
+    grid = [(n, b, seed, STEPS[b], vocabulary, n_eval, z, hypergradient) for z in (sizes if vocabulary == "hidden" else
             (HIDDEN_SIZE,)) for n in noises for b in batches for seed in seeds]
     with _pool(workers) as pool:
         futures = [pool.submit(run_cell, *g) for g in grid]
@@ -459,31 +462,37 @@ def main() -> None:
                         "ranking: flip:0.3 at batch 8; classeval: 6 tasks")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1, help="cells run side by side on this many processes")
+    parser.add_argument("--hypergradient", default="darts", choices=list(HYPERGRADIENTS),
+                        help="of label correction and reweighting; not the default: writes OUT_<name>.*")
     parser.add_argument("--out", default=os.path.join(OUT, "correction"), help="writes OUT.md and OUT.json")
     args = parser.parse_args()
     _quiet()
+    if args.hypergradient != "darts":
+        args.out += f"_{args.hypergradient}"
     seeds = range(1 if args.quick else args.seeds)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    quick = (" --quick" if args.quick else "") + (f" --seeds {args.seeds}" if args.seeds != 3 else "")
+    quick = (" --quick" if args.quick else "") + (f" --seeds {args.seeds}" if args.seeds != 3 else "") + (
+        f" --hypergradient {args.hypergradient}" if args.hypergradient != "darts" else "")
     parts = {}
     for part in (["synthetic", "ranking", "classeval"] if args.part == "all" else [args.part]):
         start = time.time()
         if part == "classeval":
-            result = classeval_part(seeds, n_tasks=6 if args.quick else 12, workers=args.workers)
+            result = classeval_part(seeds, n_tasks=6 if args.quick else 12, workers=args.workers,
+                                    hypergradient=args.hypergradient)
         else:
             marked = part == "synthetic"
             noises = (["flip:0.3", "mc:4"] if marked else ["flip:0.3"]) if args.quick else (
                 ["flip:0.1", "flip:0.3", "flip:0.45", "mc:4", "mc:16"] if marked else ["flip:0.3", "mc:4"])
             cells = synthetic_part(noises, [8] if args.quick else [8, 64], seeds, "marked" if marked else "hidden",
                                    48 if marked else 200, (HIDDEN_SIZE,) if args.quick else (8, HIDDEN_SIZE),
-                                   args.workers)
+                                   args.workers, args.hypergradient)
             result = {"table": summarise(cells), "cells": cells}
         workers = f" --workers {args.workers}" if args.workers > 1 else ""
         cores = f"{args.workers} shared cores" if workers else "one shared core"
         result["command"] = (f"`nice -n 10 python benchmarks/bench_correction.py --part {part}{quick}{workers}` "
                              f"({time.time() - start:.0f} s on {cores})")
         parts = _merge(args.out + ".json", part, result)
-    text = report(parts, args.out + "_tried.md")
+    text = report(parts, args.out + "_tried.md", args.hypergradient)
     with open(args.out + ".md", "w") as f:
         f.write(text)
     print(text)

@@ -10,6 +10,7 @@ votes against it outweigh the prior odds ``(1 - w) / w``. No update rule that se
 much better than that bound; where ``a`` is near 0.5 the bound is the noisy rate itself.
 
     nice -n 10 python benchmarks/bench_correction_signal.py --workers 2    # ~6 min; writes results/correction_signal.*
+    nice -n 10 python benchmarks/bench_correction_signal.py --workers 2 --hypergradient neumann   # ..._neumann.*
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from bench_correction import (  # noqa: E402
 )
 
 from dreamprm_trl import FunctionStepPRMTrainer  # noqa: E402
+from dreamprm_trl.training.config import HYPERGRADIENTS  # noqa: E402
 from dreamprm_trl.training.hypergradient import standardise_hypergradient  # noqa: E402
 
 
@@ -67,9 +69,9 @@ def ideal_vote_wrong_rate(wrong: float, accuracy: float, votes: int) -> float:
 
 
 def run(vocabulary: str, size: int, noise: str, batch: int, seed: int, meta_unroll: str = "sgd",
-        trainer_cls: type | None = None) -> dict:
-    """One default ``label_correction`` run (``meta_unroll`` aside): per-visit accuracy, visits, the ideal-vote
-    bound and the realised rate (``trainer_cls``: a `RecordingTrainer` subclass with another hypergradient)."""
+        hypergradient: str = "darts") -> dict:
+    """One default ``label_correction`` run (``meta_unroll`` and ``hypergradient`` aside): per-visit accuracy,
+    visits, the ideal-vote bound and the realised rate."""
     task = synthetic_task(noise, seed, n_eval=48 if vocabulary == "marked" else 200, vocabulary=vocabulary,
                           hidden_size=size)
     rows = task["train"]
@@ -78,7 +80,7 @@ def run(vocabulary: str, size: int, noise: str, batch: int, seed: int, meta_unro
     noisy = [r["mc_labels"] for r in rows]
     with tempfile.TemporaryDirectory() as tmp:
         trainer = train(task, noisy, "label_correction", batch, STEPS[batch], seed, tmp,
-                        trainer_cls or RecordingTrainer, meta_unroll=meta_unroll)
+                        RecordingTrainer, meta_unroll=meta_unroll, hypergradient=hypergradient)
     towards = torch.sign(truth - 0.5)  # the descent direction -g should have this sign
     right, visits = torch.zeros_like(truth), torch.zeros_like(truth)
     for g, seen in trainer.visits:
@@ -105,21 +107,24 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--meta-unroll", default="sgd", choices=["sgd", "adam"],
                         help="the inner step the hypergradient's unroll models (adam: writes OUT_adam.*)")
+    parser.add_argument("--hypergradient", default="darts", choices=list(HYPERGRADIENTS),
+                        help="neumann: the implicit-function hypergradient (writes OUT_neumann.*)")
     parser.add_argument("--out", default=os.path.join(OUT, "correction_signal"), help="writes OUT.md and OUT.json")
     args = parser.parse_args()
     _quiet()
     start = time.time()
-    if args.meta_unroll != "sgd":
-        args.out += f"_{args.meta_unroll}"
-    grid = [(v, z, args.noise, b, s, args.meta_unroll) for v, z in (("marked", 6), ("hidden", 8), ("hidden", 32))
-            for b in (8, 64) for s in range(args.seeds)]
+    changed = {k: v for k, v in (("meta_unroll", args.meta_unroll), ("hypergradient", args.hypergradient))
+               if v not in ("sgd", "darts")}
+    args.out += "".join(f"_{v}" for v in changed.values())
+    grid = [(v, z, args.noise, b, s, args.meta_unroll, args.hypergradient) for v, z in (("marked", 6), ("hidden", 8),
+            ("hidden", 32)) for b in (8, 64) for s in range(args.seeds)]
     with _pool(args.workers) as pool:
         cells = list(pool.map(_run, grid))
-    unroll = f" --meta-unroll {args.meta_unroll}" if args.meta_unroll != "sgd" else ""
-    unroll_note = f" but meta_unroll={args.meta_unroll!r}" if unroll else ""
+    flags = "".join(f" --{k.replace('_', '-')} {v}" for k, v in changed.items())
+    but = (" but " + ", ".join(f"{k}={v!r}" for k, v in changed.items())) if changed else ""
     lines = ["# Per-visit accuracy of the label hypergradient (`benchmarks/bench_correction_signal.py`)", "",
-             f"`nice -n 10 python benchmarks/bench_correction_signal.py --workers {args.workers}{unroll}` "
-             f"({time.time() - start:.0f} s); noise {args.noise}, library defaults{unroll_note}, "
+             f"`nice -n 10 python benchmarks/bench_correction_signal.py --workers {args.workers}{flags}` "
+             f"({time.time() - start:.0f} s); noise {args.noise}, library defaults{but}, "
              f"seeds 0-{args.seeds - 1} "
              "(mean, and per seed in brackets).", "",
              "| steps | batch | per-visit accuracy | visits per label | wrong noisy | wrong: ideal vote on the visits "

@@ -1,4 +1,4 @@
-"""Cost of the meta update: a plain PRM training step vs a step with the meta update (darts, exact).
+"""Cost of the meta update: a plain PRM training step vs a step with the meta update (darts, exact, neumann).
 
 Same model, same batch, ``meta_interval=1`` and a meta batch of the same size as the train batch. Time is the
 median wall time of ``FunctionStepPRMTrainer.training_step`` over ``--repeats`` steps after ``--warmup`` steps,
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-VARIANTS = ("plain", "darts", "exact")
+VARIANTS = ("plain", "darts", "exact", "neumann")  # neumann: the implicit option at its default neumann_steps
 
 
 def _heap_in_use() -> int:
@@ -124,7 +124,7 @@ def _stepper(prm, train, meta, variant: str, batch: int):
         max_length=2048, per_device_train_batch_size=batch, meta_batch_size=batch, meta_interval=1,
         meta_warmup_steps=0,
         meta_method="none" if variant == "plain" else "label_correction",
-        hypergradient="exact" if variant == "exact" else "darts", meta_inner_learning_rate=1e-4,
+        hypergradient="darts" if variant == "plain" else variant, meta_inner_learning_rate=1e-4,
     )
     trainer = FunctionStepPRMTrainer(prm, args, train_dataset=train, meta_dataset=meta)
     model = trainer.model.to(trainer.args.device)

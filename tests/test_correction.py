@@ -13,6 +13,8 @@ from dreamprm_trl.training import (
     build_table,
     darts_hypergradient,
     exact_hypergradient,
+    implicit_hypergradient,
+    neumann_inverse_hvp,
     split_by_task,
     standardise_hypergradient,
     label_loss_grad,
@@ -339,3 +341,79 @@ def test_preconditioned_hypergradients_match_finite_difference():
     live = {k: v.clone().requires_grad_() for k, v in params.items()}
     darts, _ = _darts_at(live, phi, inner_loss, meta_loss, table_grad, [scale[k] for k in live])
     torch.testing.assert_close(darts, reference, rtol=1e-3, atol=1e-6)
+
+
+def test_neumann_inverse_hvp_is_the_truncated_series_and_converges_to_the_inverse():
+    """Against matrix powers of a dense positive-definite ``H`` (eigenvalues 0.5..4, so ``eta = 1/8``)."""
+    gen = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=gen, dtype=torch.float64))
+    h = q @ torch.diag(torch.tensor([0.5, 0.8, 1.0, 2.0, 3.0, 4.0], dtype=torch.float64)) @ q.T
+    v = torch.randn(6, generator=gen, dtype=torch.float64)
+    hvp = lambda u: [h @ u[0]]  # noqa: E731
+    eye = torch.eye(6, dtype=torch.float64)
+
+    (k3,), eta = neumann_inverse_hvp([v], hvp, steps=3, eta=0.1)
+    series = 0.1 * sum(torch.linalg.matrix_power(eye - 0.1 * h, j) @ v for j in range(4))
+    torch.testing.assert_close(k3, series, rtol=1e-12, atol=1e-12)
+    (k0,), _ = neumann_inverse_hvp([v], hvp, steps=0, eta=0.1)
+    torch.testing.assert_close(k0, 0.1 * v)  # K = 0: the one-step direction
+
+    (_,), eta = neumann_inverse_hvp([v], hvp, steps=0, power_iterations=60)
+    assert eta == pytest.approx(0.5 / 4.0, rel=1e-6)
+    (k400,), _ = neumann_inverse_hvp([v], hvp, steps=400, power_iterations=60)
+    torch.testing.assert_close(k400, torch.linalg.solve(h, v), rtol=1e-8, atol=1e-10)
+
+
+def _logistic_bilevel():
+    """Logistic regression on soft labels ``phi`` (strictly convex: L2 on the weights), meta loss BCE on verdicts."""
+    gen = torch.Generator().manual_seed(1)
+    x, x_meta = torch.randn(10, 3, generator=gen, dtype=torch.float64), torch.randn(6, 3, generator=gen,
+                                                                                    dtype=torch.float64)
+    passed = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    phi = torch.rand(10, generator=gen, dtype=torch.float64) * 0.8 + 0.1
+
+    def inner_loss(p, labels):
+        logits = x @ p["w"] + p["b"]
+        return F.binary_cross_entropy_with_logits(logits, labels) + 0.1 * p["w"].pow(2).sum()
+
+    def meta_loss(p):
+        return F.binary_cross_entropy_with_logits(x_meta @ p["w"] + p["b"], passed)
+
+    def solve(labels):
+        """theta*(labels) by Newton's method on the flat (w, b) to machine precision."""
+        flat = torch.zeros(4, dtype=torch.float64)
+        f = lambda t: inner_loss({"w": t[:3], "b": t[3]}, labels)  # noqa: E731
+        for _ in range(30):
+            flat = flat - torch.linalg.solve(torch.func.hessian(f)(flat), torch.func.grad(f)(flat))
+        return {"w": flat[:3], "b": flat[3]}
+
+    def table_grad(p, labels):  # d l / d phi at p, from the logits alone
+        return label_loss_grad(x @ p["w"] + p["b"], labels, "bce") / len(labels)
+
+    return phi, inner_loss, meta_loss, solve, table_grad
+
+
+def test_implicit_hypergradient_matches_finite_difference_of_the_solved_bilevel_problem():
+    """With enough Neumann terms, the hypergradient at theta*(phi) is d L_meta(theta*(phi)) / d phi itself."""
+    phi, inner_loss, meta_loss, solve, table_grad = _logistic_bilevel()
+    reference = _finite_difference(lambda ph: meta_loss(solve(ph)), phi, h=1e-6)
+    live = {k: v.clone().requires_grad_() for k, v in solve(phi).items()}
+    before = {k: v.detach().clone() for k, v in live.items()}
+    params = list(live.values())
+
+    def meta_grad_fn():
+        loss = meta_loss(live)
+        return torch.autograd.grad(loss, params), loss
+
+    def run(steps):
+        return implicit_hypergradient(params, meta_grad_fn, lambda: table_grad(live, phi),
+                                      lambda: torch.autograd.grad(inner_loss(live, phi), params), steps=steps,
+                                      alpha=1e-4, power_iterations=30)
+
+    implicit, value = run(300)
+    for k, b in before.items():
+        assert torch.equal(live[k].detach(), b)  # parameters restored bit for bit
+    assert value.item() == pytest.approx(meta_loss(before).item(), rel=1e-12)
+    torch.testing.assert_close(implicit, reference, rtol=1e-6, atol=1e-8)
+    one_step, _ = run(0)  # the one-step direction at theta*: what the extra terms change
+    assert F.cosine_similarity(one_step, reference, dim=0) < 0.99

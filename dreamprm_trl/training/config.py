@@ -12,7 +12,7 @@ from ..prm.lora import LORA_DEFAULTS
 from ..prm.losses import AGGREGATIONS, LOSS_TYPES
 
 META_METHODS = ("label_correction", "sample_reweighting", "none")
-HYPERGRADIENTS = ("darts", "exact")
+HYPERGRADIENTS = ("darts", "exact", "neumann")
 META_UNROLLS = ("sgd", "adam")
 META_SPLITS = ("task", "program")
 #: Default meta learning rate per method (``meta_learning_rate=None``); see the field's help for the sources.
@@ -65,8 +65,14 @@ class FunctionStepPRMConfig(TrainingArguments):
             paper), ``sample_reweighting`` (a learnable weight per train prefix, the authors' released code) or
             ``none`` (plain PRM training).
         hypergradient (`str`, defaults to `"darts"`): ``darts`` (finite-difference, first order, forward passes
-            only for the label term) or ``exact`` (second order through ``torch.func``; needs eager attention).
-        darts_alpha (`float`, defaults to `0.01`): DARTS step ``eps = darts_alpha / ||v||``.
+            only for the label term), ``exact`` (second order through ``torch.func``; needs eager attention), both
+            of the one-step unroll; or ``neumann``: the implicit-function hypergradient at the current PRM,
+            ``-d2l/(dphi dtheta) H^-1 v``, with ``H^-1 v`` from ``neumann_steps`` Neumann terms (Hessian-vector
+            products by finite differences of the window's inner gradient; see the README for what it measured).
+        darts_alpha (`float`, defaults to `0.01`): finite-difference step ``eps = darts_alpha / ||v||`` (DARTS and
+            the Neumann Hessian-vector products).
+        neumann_steps (`int`, defaults to `5`): ``hypergradient="neumann"`` only: Neumann terms ``K`` of
+            ``H^-1 v``; each costs two forward+backward passes of the window, plus six for the step size.
         meta_learning_rate (`float`, *optional*): learning rate of the meta table; ``None`` picks the method's
             default: 0.5 for label correction (SGD on labels in [0, 1], at most 0.5 per visit; see the README),
             1e-2 for sample reweighting (the authors' code).
@@ -154,9 +160,15 @@ class FunctionStepPRMConfig(TrainingArguments):
     )
     hypergradient: str = field(
         default="darts",
-        metadata={"help": "darts (finite difference) or exact (second order).", "choices": list(HYPERGRADIENTS)},
+        metadata={"help": "darts (finite difference) or exact (second order) of the one-step unroll, or neumann "
+                  "(implicit function, Neumann series).", "choices": list(HYPERGRADIENTS)},
     )
-    darts_alpha: float = field(default=0.01, metadata={"help": "DARTS perturbation: eps = darts_alpha / ||v||."})
+    darts_alpha: float = field(
+        default=0.01, metadata={"help": "Finite-difference perturbation: eps = darts_alpha / ||v||."}
+    )
+    neumann_steps: int = field(
+        default=5, metadata={"help": "hypergradient=neumann: Neumann terms of the inverse Hessian-vector product."}
+    )
     meta_learning_rate: float | None = field(
         default=None,
         metadata={"help": "Meta table learning rate; None: 0.5 (label_correction), 1e-2 (sample_reweighting)."},
@@ -204,6 +216,7 @@ class FunctionStepPRMConfig(TrainingArguments):
             ("step_token", bool(self.step_token), "a non-empty special token such as '<|step|>'"),
             ("label_smoothing", 0.0 <= self.label_smoothing < 1.0, "in [0, 1), e.g. 0.0"),
             ("darts_alpha", self.darts_alpha > 0, "positive, e.g. 0.01"),
+            ("neumann_steps", self.neumann_steps >= 0, "an integer >= 0, e.g. 5"),
             ("meta_learning_rate", self.meta_learning_rate is None or self.meta_learning_rate > 0,
              "positive or None (the method's default)"),
             ("meta_split", self.meta_split in META_SPLITS, f"one of {META_SPLITS}"),
@@ -225,6 +238,11 @@ class FunctionStepPRMConfig(TrainingArguments):
                 raise ValueError(
                     f"FunctionStepPRMConfig.{name}={getattr(self, name)!r} is invalid; set it to {expected}."
                 )
+        if self.hypergradient == "neumann" and self.meta_unroll != "sgd":
+            raise ValueError(
+                f"hypergradient='neumann' unrolls no inner step, so meta_unroll={self.meta_unroll!r} has nothing to "
+                "shape; set meta_unroll='sgd' or use hypergradient='darts'."
+            )
 
     def prm_fields(self) -> dict[str, Any]:
         """The fields shared with `prm.PRMConfig` (`PRM_FIELDS`), by name: ``FunctionStepPRM.from_backbone(...,

@@ -18,7 +18,13 @@ from torch import Tensor, nn
 from ..prm import aggregate_scores
 from ..schema import IGNORE_INDEX, LABEL_FIXED, STEPS, TASK_ID
 from .config import META_LEARNING_RATES
-from .hypergradient import adam_preconditioner, darts_hypergradient, exact_hypergradient, standardise_hypergradient
+from .hypergradient import (
+    adam_preconditioner,
+    darts_hypergradient,
+    exact_hypergradient,
+    implicit_hypergradient,
+    standardise_hypergradient,
+)
 from .meta_methods import MetaTable, build_table, weighted_step_loss
 from .scale import deterministic_train_mode, fp32_parameters, unscaled_grads
 
@@ -198,12 +204,14 @@ class MetaStepMixin:
     def compute_hypergradient(
         self, model: nn.Module, window: Sequence[dict[str, Tensor]], num_items: Tensor | None
     ) -> tuple[Tensor, Tensor] | None:
-        """``(d L_meta / d phi, L_meta)`` of the one-step unroll over ``window``, summed/averaged over processes.
+        """``(d L_meta / d phi, L_meta)`` over ``window``, summed/averaged over processes: of the one-step unroll
+        (``darts``, ``exact``) or of the implicit function at the current parameters (``neumann``).
 
         ``darts`` takes the inner gradient from ``.grad`` (left by the plain step, already averaged over processes;
         zeros if absent) and needs one forward+backward on the meta batch plus two forwards per micro-batch.
         ``exact`` recomputes everything through ``torch.func``; under several processes its unrolled step uses
         this process's share of the inner gradient only (an approximation ``darts`` does not make).
+        ``neumann`` adds ``2 (3 + neumann_steps)`` forward+backward passes of the window (Hessian-vector products).
         ``None`` when fp16 gradients overflowed (`scale.unscaled_grads`); the meta step is then skipped.
         """
         prm = self.accelerator.unwrap_model(model)
@@ -224,6 +232,8 @@ class MetaStepMixin:
                 if result is None:
                     return None
                 hypergrad, meta_loss = result
+            elif self.args.hypergradient == "neumann":
+                hypergrad, meta_loss = self._implicit(prm, [p for _, p in named], window, meta_batch, num_items)
             else:
                 precondition = None if scale is None else {n: d for (n, _), d in zip(named, scale)}
                 hypergrad, meta_loss = self._exact(prm, named, window, meta_batch, num_items, lr, precondition)
@@ -236,14 +246,18 @@ class MetaStepMixin:
             )
         return hypergrad, meta_loss
 
-    def _unroll_preconditioner(self, named: list[tuple[str, nn.Parameter]]) -> list[Tensor] | None:
-        """``meta_unroll="adam"``: the PRM optimizer's diagonal Adam step scale per parameter (`adam_preconditioner`);
-        ``None`` (an SGD unroll) with ``"sgd"`` or before the optimizer's first step."""
-        if self.args.meta_unroll != "adam":
-            return None
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """`Trainer.create_optimizer`; with ``meta_unroll="adam"`` it also checks, before any step, that the PRM
+        optimizer keeps Adam moments for every trainable parameter (a custom optimizer included)."""
+        optimizer = super().create_optimizer(model)
+        if getattr(self, "meta_table", None) is not None and self.args.meta_unroll == "adam":
+            self._adam_groups([(n, p) for n, p in self.model.named_parameters() if p.requires_grad])
+        return optimizer
+
+    def _adam_groups(self, named: list[tuple[str, nn.Parameter]]) -> tuple[torch.optim.Optimizer, list[dict]]:
+        """The PRM optimizer and each parameter's Adam param group; a ``ValueError`` naming the fix without one."""
         opt = getattr(self.optimizer, "optimizer", self.optimizer)
         groups = {id(p): g for g in opt.param_groups for p in g["params"]}
-        scale = []
         for name, p in named:
             group = groups.get(id(p))
             if group is None or "betas" not in group:
@@ -252,39 +266,68 @@ class MetaStepMixin:
                     f"({type(opt).__name__}) has no Adam betas for parameter {name!r}; use an Adam-family optim "
                     "(e.g. optim='adamw_torch') or meta_unroll='sgd'."
                 )
+        return opt, [groups[id(p)] for _, p in named]
+
+    def _unroll_preconditioner(self, named: list[tuple[str, nn.Parameter]]) -> list[Tensor] | None:
+        """``meta_unroll="adam"``: the PRM optimizer's diagonal Adam step scale per parameter (`adam_preconditioner`);
+        ``None`` (an SGD unroll) with ``"sgd"`` or before the optimizer's first step."""
+        if self.args.meta_unroll != "adam":
+            return None
+        opt, groups = self._adam_groups(named)
+        scale = []
+        for (_, p), group in zip(named, groups):
             d = adam_preconditioner(opt.state.get(p, {}), group["betas"][1], group["eps"])
             if d is None:  # no step taken yet (no warm-up): every parameter gets the SGD unroll alike
                 return None
             scale.append(d.to(p.device))
         return scale
 
-    def _darts(self, prm, params, window, meta_batch, num_items, lr, scale=None) -> tuple[Tensor, Tensor] | None:
-        """DARTS hypergradient from the inner gradient in ``.grad`` (``None`` on an fp16 overflow)."""
-        world = self.accelerator.num_processes
-        grads = unscaled_grads([p.grad if p.grad is not None else torch.zeros_like(p) for p in params],
-                               self.accelerator.scaler)
-        if grads is None:
-            return None
-
+    def _meta_grad_fn(self, prm, params, meta_batch):
+        """A closure: ``(grad_theta L_meta, L_meta)`` on ``meta_batch`` at the current parameters."""
         def meta_grad_fn():
             with torch.enable_grad():
                 logits = prm(**{k: meta_batch[k] for k in MODEL_INPUTS}).step_logits
                 loss = self._meta_loss(logits, meta_batch)
                 v = torch.autograd.grad(loss, params, allow_unused=True)
             return [torch.zeros_like(p) if g is None else g for p, g in zip(params, v)], loss
+        return meta_grad_fn
 
+    def _table_grad_fn(self, prm, window, num_items):
+        """A closure: ``d l / d phi`` of the window at the current parameters (forward passes only)."""
         @torch.no_grad()
         def table_grad_fn():
             return sum(
                 self._table_grad(prm(**{k: b[k] for k in MODEL_INPUTS}).step_logits, b, num_items)
                 for b in window
             )
+        return table_grad_fn
 
-        def reduce_fn(v):
-            return [self.accelerator.reduce(t, "mean") for t in v] if world > 1 else v
+    def _mean_over_processes(self, v: list[Tensor]) -> list[Tensor]:
+        """``v`` averaged over processes, so every rank perturbs its parameters identically."""
+        return [self.accelerator.reduce(t, "mean") for t in v] if self.accelerator.num_processes > 1 else v
 
-        return darts_hypergradient(params, grads, lr, meta_grad_fn, table_grad_fn, self.args.darts_alpha, reduce_fn,
-                                   scale)
+    def _darts(self, prm, params, window, meta_batch, num_items, lr, scale=None) -> tuple[Tensor, Tensor] | None:
+        """DARTS hypergradient from the inner gradient in ``.grad`` (``None`` on an fp16 overflow)."""
+        grads = unscaled_grads([p.grad if p.grad is not None else torch.zeros_like(p) for p in params],
+                               self.accelerator.scaler)
+        if grads is None:
+            return None
+        return darts_hypergradient(params, grads, lr, self._meta_grad_fn(prm, params, meta_batch),
+                                   self._table_grad_fn(prm, window, num_items), self.args.darts_alpha,
+                                   self._mean_over_processes, scale)
+
+    def _implicit(self, prm, params, window, meta_batch, num_items) -> tuple[Tensor, Tensor]:
+        """Implicit-function hypergradient at the current parameters, ``H^-1 v`` by ``neumann_steps`` terms; the
+        Hessian-vector products differentiate the window's inner loss (the corrected targets, as the plain step)."""
+        def inner_grad_fn():
+            with torch.enable_grad():
+                loss = sum(self.compute_loss(prm, b, num_items_in_batch=num_items) for b in window)
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+            return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+        return implicit_hypergradient(params, self._meta_grad_fn(prm, params, meta_batch),
+                                      self._table_grad_fn(prm, window, num_items), inner_grad_fn,
+                                      self.args.neumann_steps, self.args.darts_alpha, self._mean_over_processes)
 
     def _exact(self, prm, named, window, meta_batch, num_items, lr, precondition=None) -> tuple[Tensor, Tensor]:
         """Second-order hypergradient through ``torch.func.functional_call`` (this process's window)."""
