@@ -358,8 +358,13 @@ def test_neumann_inverse_hvp_is_the_truncated_series_and_converges_to_the_invers
     (k0,), _ = neumann_inverse_hvp([v], hvp, steps=0, eta=0.1)
     torch.testing.assert_close(k0, 0.1 * v)  # K = 0: the one-step direction
 
-    (_,), eta = neumann_inverse_hvp([v], hvp, steps=0, power_iterations=60)
+    (_,), eta = neumann_inverse_hvp([v], hvp, steps=1, power_iterations=60)
     assert eta == pytest.approx(0.5 / 4.0, rel=1e-6)
+    assert neumann_inverse_hvp([v], hvp, steps=0)[1] == 1.0  # K = 0: no products spent on a scale
+    (flat,), eta = neumann_inverse_hvp([v], lambda u: [0 * u[0]], steps=3)  # no curvature: v itself
+    assert eta == 1.0 and torch.equal(flat, v)
+    with pytest.raises(ValueError, match="steps >= 0"):
+        neumann_inverse_hvp([v], hvp, steps=-1)
     (k400,), _ = neumann_inverse_hvp([v], hvp, steps=400, power_iterations=60)
     torch.testing.assert_close(k400, torch.linalg.solve(h, v), rtol=1e-8, atol=1e-10)
 

@@ -1,4 +1,4 @@
-"""The pure core of meta label correction: the label gradient and the one-step-unrolled hypergradient.
+"""The pure core of meta label correction: the label gradient and the hypergradients (one-step unrolled, implicit).
 
 The bi-level problem (DreamPRM-Code, arXiv 2512.15000)::
 
@@ -115,31 +115,32 @@ def darts_hypergradient(
         v = [t.detach() for t in v]
         if reduce_fn is not None:
             v = reduce_fn(v)
-        mixed = _mixed_difference(params, original, [d * t for d, t in zip(scale, v)], table_grad_fn, alpha)
+        hypergrad = _mixed_difference(params, original, [d * t for d, t in zip(scale, v)], table_grad_fn, alpha,
+                                      -lr)
     finally:
         _assign(params, original)
-    return -lr * mixed, meta_loss.detach()
+    return hypergrad, meta_loss.detach()
 
 
-def _norm(vectors: Sequence[Tensor]) -> float:
+def _norm(vectors: Sequence[Tensor], fix: str = "lower meta_learning_rate or check labels") -> float:
     norm = torch.sqrt(sum((t.double() ** 2).sum() for t in vectors)).item()
     if not math.isfinite(norm):
-        raise FloatingPointError(f"meta gradient norm is {norm}; lower meta_learning_rate or check labels.")
+        raise FloatingPointError(f"meta gradient norm is {norm}; {fix}.")
     return norm
 
 
 def _mixed_difference(
     params: list[Tensor], original: list[Tensor], u: Sequence[Tensor], table_grad_fn: Callable[[], Tensor],
-    alpha: float,
+    alpha: float, scale: float,
 ) -> Tensor:
-    """``d2l/(dphi dtheta) . u`` as ``[g(theta + eps u) - g(theta - eps u)] / (2 eps)``, ``eps = alpha / ||u||``,
-    ``g = table_grad_fn()``; leaves ``params`` at ``theta - eps u`` (the caller restores them)."""
+    """``scale * d2l/(dphi dtheta) . u`` as ``scale [g(theta + eps u) - g(theta - eps u)] / (2 eps)``, ``eps =
+    alpha / ||u||``, ``g = table_grad_fn()``; leaves ``params`` at ``theta - eps u`` (the caller restores them)."""
     eps = alpha / max(_norm(u), 1e-12)
     _assign(params, [p + eps * t for p, t in zip(original, u)])
     grad_plus = table_grad_fn()
     _assign(params, [p - eps * t for p, t in zip(original, u)])
     grad_minus = table_grad_fn()
-    return (grad_plus - grad_minus) / (2.0 * eps)
+    return scale * (grad_plus - grad_minus) / (2.0 * eps)
 
 
 def _dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:
@@ -152,17 +153,26 @@ def neumann_inverse_hvp(
 ) -> tuple[list[Tensor], float]:
     """``H^-1 v`` by ``K = steps`` Neumann terms: ``eta * sum_{j=0..K} (I - eta H)^j v``; returns it and ``eta``.
 
-    ``eta`` defaults to ``0.5 / |lambda|``, ``|lambda|`` from ``power_iterations`` power-iteration steps on ``H``
-    started at ``v`` (a lower bound of the largest eigenvalue, hence the margin of 2; the series converges where
-    ``H`` is positive definite and ``eta |lambda_max| < 2``). ``K = 0`` is ``eta v``: the one-step direction.
+    The series converges where ``H`` is positive definite and ``eta |lambda_max| < 2``. ``eta`` defaults to
+    ``0.5 / |lambda|``, ``|lambda|`` from ``power_iterations`` power-iteration steps on ``H`` started at ``v``: a
+    lower estimate of ``|lambda_max|``, so the default keeps a factor of 4 inside that bound. ``K = 0`` is ``eta v``,
+    the one-step direction; its scale is irrelevant, so no products are spent on ``eta`` (it is 1). Where ``H``
+    has no curvature along ``v`` (products of 0) there is nothing to invert: ``v`` itself comes back, ``eta = 1``.
     """
+    if steps < 0 or power_iterations < 1:
+        raise ValueError(f"neumann_inverse_hvp needs steps >= 0 and power_iterations >= 1, got steps={steps}, "
+                         f"power_iterations={power_iterations}.")
+    if eta is None and steps == 0:
+        eta = 1.0
     if eta is None:
         u, lam = list(v), 0.0
         for _ in range(power_iterations):
             hu = hvp_fn(u)
             lam = (_dot(hu, hu) / max(_dot(u, u), 1e-300)) ** 0.5
-            u = [t / max(lam, 1e-30) for t in hu]
-        eta = 0.5 / max(lam, 1e-30)
+            if lam == 0.0:
+                return list(v), 1.0
+            u = [t / lam for t in hu]
+        eta = 0.5 / lam
     total, term = list(v), list(v)
     for _ in range(steps):
         term = [t - eta * h for t, h in zip(term, hvp_fn(term))]
@@ -194,7 +204,8 @@ def implicit_hypergradient(
     reduce = reduce_fn or (lambda t: t)
 
     def hvp_fn(u: list[Tensor]) -> list[Tensor]:
-        eps = alpha / max(_norm(u), 1e-12)
+        eps = alpha / max(_norm(u, "the Neumann series diverged (is the inner loss convex here?); lower "
+                                   "neumann_steps or use hypergradient='darts'"), 1e-12)
         _assign(params, [p + eps * t for p, t in zip(original, u)])
         plus = [g.detach() for g in inner_grad_fn()]
         _assign(params, [p - eps * t for p, t in zip(original, u)])
@@ -206,10 +217,10 @@ def implicit_hypergradient(
         v, meta_loss = meta_grad_fn()
         v = reduce([t.detach() for t in v])
         u, _ = neumann_inverse_hvp(v, hvp_fn, steps, power_iterations)
-        mixed = _mixed_difference(params, original, u, table_grad_fn, alpha)
+        hypergrad = _mixed_difference(params, original, u, table_grad_fn, alpha, -1.0)
     finally:
         _assign(params, original)
-    return -mixed, meta_loss.detach()
+    return hypergrad, meta_loss.detach()
 
 
 def unrolled_meta_loss(

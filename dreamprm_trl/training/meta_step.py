@@ -1,5 +1,5 @@
 """The meta step of `FunctionStepPRMTrainer`, as a mixin: building and checking the meta table, the warm-up on
-train ∪ meta, the meta batch and loss, the hypergradient (DARTS or exact) and the update of the table.
+train ∪ meta, the meta batch and loss, the hypergradient (DARTS, exact or Neumann) and the update of the table.
 
 Every meta method is reached through the `meta_methods.MetaTable` interface (targets, inner gradient, results), so
 nothing here depends on which method runs; the pure maths is in `hypergradient`.
@@ -165,7 +165,7 @@ class MetaStepMixin:
         return F.binary_cross_entropy(score.clamp(1e-6, 1 - 1e-6), batch["final_labels"][keep].to(score.dtype))
 
     def _table_loss(self, step_logits: Tensor, batch: dict[str, Tensor], phi: Tensor, num_items: Tensor) -> Tensor:
-        """The inner loss of one micro-batch as a function of the table variable ``phi`` (for ``exact``)."""
+        """The inner loss of one micro-batch as a function of the table variable ``phi`` (``exact``, ``neumann``)."""
         targets, weights = self.meta_table.targets(batch["row_ids"], batch["step_labels"], phi)
         per, _ = weighted_step_loss(step_logits, targets, weights, self.args.loss_type, self.args.label_smoothing)
         return per.sum() / num_items
@@ -233,7 +233,10 @@ class MetaStepMixin:
                     return None
                 hypergrad, meta_loss = result
             elif self.args.hypergradient == "neumann":
-                hypergrad, meta_loss = self._implicit(prm, [p for _, p in named], window, meta_batch, num_items)
+                result = self._implicit(prm, [p for _, p in named], window, meta_batch, num_items)
+                if result is None:
+                    return None
+                hypergrad, meta_loss = result
             else:
                 precondition = None if scale is None else {n: d for (n, _), d in zip(named, scale)}
                 hypergrad, meta_loss = self._exact(prm, named, window, meta_batch, num_items, lr, precondition)
@@ -242,7 +245,8 @@ class MetaStepMixin:
             meta_loss = self.accelerator.reduce(meta_loss.detach().reshape(1), "mean")[0]
         if not torch.isfinite(hypergrad).all():
             raise FloatingPointError(
-                f"Non-finite meta gradient at step {self.state.global_step}; lower meta_learning_rate or darts_alpha."
+                f"Non-finite meta gradient at step {self.state.global_step}; lower meta_learning_rate or darts_alpha"
+                + (" or neumann_steps, or use hypergradient='darts'." if self.args.hypergradient == "neumann" else ".")
             )
         return hypergrad, meta_loss
 
@@ -316,12 +320,24 @@ class MetaStepMixin:
                                    self._table_grad_fn(prm, window, num_items), self.args.darts_alpha,
                                    self._mean_over_processes, scale)
 
-    def _implicit(self, prm, params, window, meta_batch, num_items) -> tuple[Tensor, Tensor]:
-        """Implicit-function hypergradient at the current parameters, ``H^-1 v`` by ``neumann_steps`` terms; the
-        Hessian-vector products differentiate the window's inner loss (the corrected targets, as the plain step)."""
+    def _implicit(self, prm, params, window, meta_batch, num_items) -> tuple[Tensor, Tensor] | None:
+        """Implicit-function hypergradient at the current parameters, ``H^-1 v`` by ``neumann_steps`` terms
+        (``None`` on an fp16 overflow, when the optimizer skips the step too).
+
+        The Hessian-vector products differentiate the inner loss of the plain step: the table's targets and
+        weights, summed over the window's valid steps and divided by ``num_items`` (all processes), times the
+        number of processes, so that their mean over processes is the single-process product. Not
+        `compute_loss`: the meta passes run in eval mode, where it falls back to the raw labels.
+        """
+        if unscaled_grads([p.grad if p.grad is not None else torch.zeros_like(p) for p in params],
+                          self.accelerator.scaler) is None:
+            return None
+        phi, world = self.meta_table.phi.detach(), self.accelerator.num_processes
+
         def inner_grad_fn():
             with torch.enable_grad():
-                loss = sum(self.compute_loss(prm, b, num_items_in_batch=num_items) for b in window)
+                loss = sum(self._table_loss(prm(**{k: b[k] for k in MODEL_INPUTS}).step_logits.float(), b, phi,
+                                            num_items) for b in window) * world
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
             return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
