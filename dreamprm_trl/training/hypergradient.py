@@ -19,7 +19,7 @@ Adam step (:func:`adam_preconditioner`). Two ways to get it:
 :func:`implicit_hypergradient` replaces the unroll by the implicit function theorem at a fitted ``theta``:
 ``dL_meta/dphi = -d2l/(dphi dtheta) . H^-1 v`` with ``v = grad L_meta(theta)`` and ``H`` the inner Hessian;
 ``H^-1 v`` comes from ``K`` Neumann terms (:func:`neumann_inverse_hvp`), its Hessian-vector products from central
-differences of the inner gradient, and the mixed term from the same DARTS difference.
+differences of the inner gradient, and the mixed term from the same difference as DARTS (`_central_difference`).
 
 Everything here works on plain callables and parameter dicts, so it is tested on a float64 MLP against a central
 finite difference of :func:`unrolled_meta_loss`. The meta tables (the ``phi`` these differentiate) are in
@@ -30,12 +30,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..prm.losses import LOSS_TYPES, smoothed_targets
 
+#: The fix named when a Neumann term is not finite.
+DIVERGED = ("the Neumann series diverged (is the inner loss convex here?); lower neumann_steps or use "
+            "hypergradient='darts'")
 InnerLoss = Callable[[Mapping[str, Tensor], Tensor], Tensor]  # (params, phi) -> inner loss l(theta, phi)
 MetaLoss = Callable[[Mapping[str, Tensor]], Tensor]  # params -> meta loss L_meta(theta)
 
@@ -115,11 +119,11 @@ def darts_hypergradient(
         v = [t.detach() for t in v]
         if reduce_fn is not None:
             v = reduce_fn(v)
-        hypergrad = _mixed_difference(params, original, [d * t for d, t in zip(scale, v)], table_grad_fn, alpha,
-                                      -lr)
+        grad_plus, grad_minus, eps = _central_difference(params, original, [d * t for d, t in zip(scale, v)],
+                                                         table_grad_fn, alpha)
     finally:
         _assign(params, original)
-    return hypergrad, meta_loss.detach()
+    return -lr * (grad_plus - grad_minus) / (2.0 * eps), meta_loss.detach()
 
 
 def _norm(vectors: Sequence[Tensor], fix: str = "lower meta_learning_rate or check labels") -> float:
@@ -129,18 +133,17 @@ def _norm(vectors: Sequence[Tensor], fix: str = "lower meta_learning_rate or che
     return norm
 
 
-def _mixed_difference(
-    params: list[Tensor], original: list[Tensor], u: Sequence[Tensor], table_grad_fn: Callable[[], Tensor],
-    alpha: float, scale: float,
-) -> Tensor:
-    """``scale * d2l/(dphi dtheta) . u`` as ``scale [g(theta + eps u) - g(theta - eps u)] / (2 eps)``, ``eps =
-    alpha / ||u||``, ``g = table_grad_fn()``; leaves ``params`` at ``theta - eps u`` (the caller restores them)."""
-    eps = alpha / max(_norm(u), 1e-12)
+def _central_difference(
+    params: list[Tensor], original: list[Tensor], u: Sequence[Tensor], fn: Callable[[], Any], alpha: float,
+    fix: str = "lower meta_learning_rate or check labels",
+) -> tuple[Any, Any, float]:
+    """``(fn(theta + eps u), fn(theta - eps u), eps)`` with ``eps = alpha / ||u||``, ``theta = original``; leaves
+    ``params`` at ``theta - eps u`` (the caller restores them). ``fix`` completes the error on a non-finite ``u``."""
+    eps = alpha / max(_norm(u, fix), 1e-12)
     _assign(params, [p + eps * t for p, t in zip(original, u)])
-    grad_plus = table_grad_fn()
+    plus = fn()
     _assign(params, [p - eps * t for p, t in zip(original, u)])
-    grad_minus = table_grad_fn()
-    return scale * (grad_plus - grad_minus) / (2.0 * eps)
+    return plus, fn(), eps
 
 
 def _dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:
@@ -203,24 +206,18 @@ def implicit_hypergradient(
     original = [p.detach().clone() for p in params]
     reduce = reduce_fn or (lambda t: t)
 
-    def hvp_fn(u: list[Tensor]) -> list[Tensor]:
-        eps = alpha / max(_norm(u, "the Neumann series diverged (is the inner loss convex here?); lower "
-                                   "neumann_steps or use hypergradient='darts'"), 1e-12)
-        _assign(params, [p + eps * t for p, t in zip(original, u)])
-        plus = [g.detach() for g in inner_grad_fn()]
-        _assign(params, [p - eps * t for p, t in zip(original, u)])
-        minus = [g.detach() for g in inner_grad_fn()]
-        _assign(params, original)
-        return reduce([(a - b) / (2.0 * eps) for a, b in zip(plus, minus)])
+    def hvp_fn(u: list[Tensor]) -> list[Tensor]:  # every evaluation perturbs from ``original``
+        plus, minus, eps = _central_difference(params, original, u, inner_grad_fn, alpha, DIVERGED)
+        return reduce([(a.detach() - b.detach()) / (2.0 * eps) for a, b in zip(plus, minus)])
 
     try:
         v, meta_loss = meta_grad_fn()
         v = reduce([t.detach() for t in v])
         u, _ = neumann_inverse_hvp(v, hvp_fn, steps, power_iterations)
-        hypergrad = _mixed_difference(params, original, u, table_grad_fn, alpha, -1.0)
+        grad_plus, grad_minus, eps = _central_difference(params, original, u, table_grad_fn, alpha)
     finally:
         _assign(params, original)
-    return hypergrad, meta_loss.detach()
+    return -(grad_plus - grad_minus) / (2.0 * eps), meta_loss.detach()
 
 
 def unrolled_meta_loss(

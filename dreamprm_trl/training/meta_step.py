@@ -33,6 +33,12 @@ logger = logging.getLogger(__name__)
 MODEL_INPUTS = ("input_ids", "attention_mask", "step_positions")
 
 
+def _grads(loss: Tensor, params: list[nn.Parameter]) -> list[Tensor]:
+    """``d loss / d params``, zeros for parameters the loss does not reach (nothing accumulates in ``.grad``)."""
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
 class MetaStepMixin:
     """The meta-learning half of `FunctionStepPRMTrainer` (mixed into it; uses the Trainer's state and args)."""
 
@@ -229,17 +235,14 @@ class MetaStepMixin:
         with deterministic_train_mode(prm), fp32_parameters(prm):
             if self.args.hypergradient == "darts":
                 result = self._darts(prm, [p for _, p in named], window, meta_batch, num_items, lr, scale)
-                if result is None:
-                    return None
-                hypergrad, meta_loss = result
             elif self.args.hypergradient == "neumann":
                 result = self._implicit(prm, [p for _, p in named], window, meta_batch, num_items)
-                if result is None:
-                    return None
-                hypergrad, meta_loss = result
             else:
                 precondition = None if scale is None else {n: d for (n, _), d in zip(named, scale)}
-                hypergrad, meta_loss = self._exact(prm, named, window, meta_batch, num_items, lr, precondition)
+                result = self._exact(prm, named, window, meta_batch, num_items, lr, precondition)
+        if result is None:
+            return None
+        hypergrad, meta_loss = result
         if world > 1:
             hypergrad = self.accelerator.reduce(hypergrad.contiguous(), "sum")
             meta_loss = self.accelerator.reduce(meta_loss.detach().reshape(1), "mean")[0]
@@ -290,10 +293,8 @@ class MetaStepMixin:
         """A closure: ``(grad_theta L_meta, L_meta)`` on ``meta_batch`` at the current parameters."""
         def meta_grad_fn():
             with torch.enable_grad():
-                logits = prm(**{k: meta_batch[k] for k in MODEL_INPUTS}).step_logits
-                loss = self._meta_loss(logits, meta_batch)
-                v = torch.autograd.grad(loss, params, allow_unused=True)
-            return [torch.zeros_like(p) if g is None else g for p, g in zip(params, v)], loss
+                loss = self._meta_loss(prm(**{k: meta_batch[k] for k in MODEL_INPUTS}).step_logits, meta_batch)
+                return _grads(loss, params), loss
         return meta_grad_fn
 
     def _table_grad_fn(self, prm, window, num_items):
@@ -310,10 +311,15 @@ class MetaStepMixin:
         """``v`` averaged over processes, so every rank perturbs its parameters identically."""
         return [self.accelerator.reduce(t, "mean") for t in v] if self.accelerator.num_processes > 1 else v
 
+    def _inner_grads(self, params: list[nn.Parameter]) -> list[Tensor] | None:
+        """The plain step's inner gradient from ``.grad``, unscaled (zeros where absent; ``None`` on an fp16
+        overflow, when the optimizer skips the step and so does the meta step)."""
+        return unscaled_grads([p.grad if p.grad is not None else torch.zeros_like(p) for p in params],
+                              self.accelerator.scaler)
+
     def _darts(self, prm, params, window, meta_batch, num_items, lr, scale=None) -> tuple[Tensor, Tensor] | None:
         """DARTS hypergradient from the inner gradient in ``.grad`` (``None`` on an fp16 overflow)."""
-        grads = unscaled_grads([p.grad if p.grad is not None else torch.zeros_like(p) for p in params],
-                               self.accelerator.scaler)
+        grads = self._inner_grads(params)
         if grads is None:
             return None
         return darts_hypergradient(params, grads, lr, self._meta_grad_fn(prm, params, meta_batch),
@@ -329,17 +335,14 @@ class MetaStepMixin:
         number of processes, so that their mean over processes is the single-process product. Not
         `compute_loss`: the meta passes run in eval mode, where it falls back to the raw labels.
         """
-        if unscaled_grads([p.grad if p.grad is not None else torch.zeros_like(p) for p in params],
-                          self.accelerator.scaler) is None:
+        if self._inner_grads(params) is None:
             return None
         phi, world = self.meta_table.phi.detach(), self.accelerator.num_processes
 
         def inner_grad_fn():
             with torch.enable_grad():
-                loss = sum(self._table_loss(prm(**{k: b[k] for k in MODEL_INPUTS}).step_logits.float(), b, phi,
-                                            num_items) for b in window) * world
-                grads = torch.autograd.grad(loss, params, allow_unused=True)
-            return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+                return _grads(sum(self._table_loss(prm(**{k: b[k] for k in MODEL_INPUTS}).step_logits.float(), b,
+                                                   phi, num_items) for b in window) * world, params)
 
         return implicit_hypergradient(params, self._meta_grad_fn(prm, params, meta_batch),
                                       self._table_grad_fn(prm, window, num_items), inner_grad_fn,
