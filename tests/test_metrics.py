@@ -129,6 +129,21 @@ def test_bootstrap_ci_hand_computed_cases():
     assert bootstrap_ci([0, 1, 1, 0, 1], 300, seed=7) == bootstrap_ci([0, 1, 1, 0, 1], 300, seed=7)  # reproducible
 
 
+def test_bootstrap_ci_clusters_resample_whole_groups():
+    """Two clusters, constant within: a two-stage resample draws cluster 0 twice, 1 twice or one of each (means 0,
+    1, 0.5 with probabilities 1/4, 1/4, 1/2), so the 95% CI is (0, 1). Resampling the 100 values alone sees no
+    cluster and gives 0.5 +- 1.96 * sqrt(0.25 / 100) = +-0.098."""
+    values, clusters = [0.0] * 50 + [1.0] * 50, ["s0"] * 50 + ["s1"] * 50
+    assert bootstrap_ci(values, 4000, seed=0, clusters=clusters) == (0.0, 1.0)
+    low, high = bootstrap_ci(values, 4000, seed=0)
+    assert low == pytest.approx(0.402, abs=0.02) and high == pytest.approx(0.598, abs=0.02)
+    # Within-cluster spread still counts: one cluster of 0/1 values is a plain bootstrap of those values.
+    low, high = bootstrap_ci([0, 1] * 100, 20_000, seed=3, clusters=[7] * 200)
+    assert low == pytest.approx(0.5 - 0.069, abs=0.01) and high == pytest.approx(0.5 + 0.069, abs=0.01)
+    with pytest.raises(ValueError, match="one label per value"):
+        bootstrap_ci([0, 1, 1], clusters=["a", "b"])
+
+
 def test_auroc_and_label_agreement_hand_computed():
     # Positives 0.35 and 0.8 against negatives 0.1 and 0.4: 3 of 4 pairs ordered right.
     assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75

@@ -11,7 +11,8 @@ Conventions:
 * **Mean pass@1** is ``c / n`` per problem: the expected result of picking a candidate at random.
 * **pass@k** is the unbiased estimator of Chen et al. (2021); **oracle pass@N** is 1 when any candidate passes.
 * Confidence intervals are percentile bootstraps over *problems* (candidates stay grouped with their problem); the
-  difference to random is paired, i.e. resampled per problem on ``reranked - mean``.
+  difference to random is paired, i.e. resampled per problem on ``reranked - mean``. `bootstrap_ci` can also
+  resample clusters of problems first (e.g. the training runs whose PRMs scored them).
 """
 
 from __future__ import annotations
@@ -90,11 +91,19 @@ def per_problem_reranked(
 
 
 def bootstrap_ci(
-    values: Sequence[float] | np.ndarray, n_bootstrap: int = 1000, seed: int = 0, confidence: float = 0.95
+    values: Sequence[float] | np.ndarray,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    clusters: Sequence[object] | None = None,
 ) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of per-problem ``values`` (pass a difference for a paired CI).
 
-    The same ``seed`` and number of problems give the same resamples, so CIs of several methods are comparable.
+    ``clusters`` (one label per value, e.g. the training seed that produced it) makes it a two-stage bootstrap:
+    resample clusters, then values within each drawn cluster. Use it when values share a source of variance that
+    resampling problems does not see: PRMs trained with another data order differ by more than a problem-level CI
+    (`benchmarks/results/correction_tried.md`). The same ``seed`` and inputs give the same resamples, so CIs of
+    several methods are comparable.
     """
     x = np.asarray(values, dtype=np.float64).reshape(-1)
     if x.size == 0:
@@ -103,8 +112,18 @@ def bootstrap_ci(
         raise ValueError(f"n_bootstrap must be >= 1, got {n_bootstrap}.")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}.")
-    idx = np.random.default_rng(seed).integers(0, x.size, size=(n_bootstrap, x.size))
-    means = x[idx].mean(axis=1)
+    rng = np.random.default_rng(seed)
+    if clusters is None:
+        means = x[rng.integers(0, x.size, size=(n_bootstrap, x.size))].mean(axis=1)
+    else:
+        if len(clusters) != x.size:
+            raise ValueError(f"clusters has {len(clusters)} labels for {x.size} values; give one label per value.")
+        _, label = np.unique(np.asarray(clusters, dtype=object).astype(str), return_inverse=True)
+        groups = [x[label == g] for g in range(label.max() + 1)]
+        means = np.empty(n_bootstrap)
+        for b, drawn in enumerate(rng.integers(0, len(groups), size=(n_bootstrap, len(groups)))):
+            means[b] = np.concatenate([groups[g][rng.integers(0, groups[g].size, groups[g].size)]
+                                       for g in drawn]).mean()
     tail = (1.0 - confidence) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     return float(low), float(high)
