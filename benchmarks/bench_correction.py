@@ -181,8 +181,8 @@ def run_cell(noise: str, batch: int, seed: int, steps: int, vocabulary: str = "m
     """One (noise, batch, seed): label errors and held-out reranking of the plain, corrected, reweighted,
     self-trained and truth-trained PRMs (see the module docstring); ``hypergradient`` of the two meta methods.
 
-    Every PRM is trained ``replicas`` times, with the data orders (`TrainingArguments.data_seed`) ``order(0..)``,
-    and its per-problem pass@1 is the mean over them; label errors are those of the first order. Hidden
+    Every PRM is trained ``replicas`` times, on data orders (`TrainingArguments.data_seed`) 0..replicas-1, and its
+    per-problem pass@1 and step AUROC are means over them; label errors are those of order 0. Hidden
     vocabulary: the noise floor ``none_b`` is ``none`` again on as many other orders: PRMs that differ only in the
     data order differ in pass@1 by about as much as the methods do.
     """
@@ -199,26 +199,28 @@ def run_cell(noise: str, batch: int, seed: int, steps: int, vocabulary: str = "m
     def rank(name: str, prm: FunctionStepPRM) -> None:
         ranked.setdefault(name, []).append((pass_values(prm, groups), step_auroc(prm, groups)))
 
-    def order(r: int) -> dict:  # r = 0: the trainer's default order (data_seed = seed), as before replicas
-        return {} if r == 0 else {"data_seed": seed + 1000 * r}
+    if replicas < 1:
+        raise ValueError(f"replicas={replicas}: train each PRM on at least one data order (replicas >= 1).")
+
+    def fit(labels: list[list[float]], method: str, r: int) -> FunctionStepPRMTrainer:
+        """A PRM on data order ``r``; 0 is the trainer's default (data_seed = seed), as before replicas existed."""
+        order = {} if r == 0 else {"data_seed": seed + 1000 * r}
+        meta = {"hypergradient": hypergradient} if method != "none" else {}
+        return train(task, labels, method, batch, steps, seed, tmp, **order, **meta)
 
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(replicas):
-            prm = train(task, noisy, "none", batch, steps, seed, tmp, **order(r)).model
+            prm = fit(noisy, "none", r).model
             preds = step_predictions(prm, task["train"])
-            preds = [p[:-1] + [r_["mc_labels"][-1]] for p, r_ in zip(preds, task["train"])]  # the verdict stays clean
+            preds = [p[:-1] + [row["mc_labels"][-1]] for p, row in zip(preds, task["train"])]  # verdict stays clean
             rank("none", prm)
-            lc = train(task, noisy, "label_correction", batch, steps, seed, tmp, hypergradient=hypergradient,
-                       **order(r))
+            lc, rw = fit(noisy, "label_correction", r), fit(noisy, "sample_reweighting", r)
             rank("lc", lc.model)
-            rw = train(task, noisy, "sample_reweighting", batch, steps, seed, tmp, hypergradient=hypergradient,
-                       **order(r))
             rank("rw", rw.model)
-            rank("self", train(task, preds, "none", batch, steps, seed, tmp, **order(r)).model)
-            rank("truth", train(task, [r_["truth"] for r_ in task["train"]], "none", batch, steps, seed, tmp,
-                                **order(r)).model)
+            rank("self", fit(preds, "none", r).model)
+            rank("truth", fit([row["truth"] for row in task["train"]], "none", r).model)
             if vocabulary == "hidden":
-                rank("none_b", train(task, noisy, "none", batch, steps, seed, tmp, **order(replicas + r)).model)
+                rank("none_b", fit(noisy, "none", replicas + r).model)
             if r == 0:
                 out["plain_preds"] = label_error(task, preds)
                 out["corrected"] = label_error(task, lc.corrected_labels())
@@ -232,7 +234,7 @@ def run_cell(noise: str, batch: int, seed: int, steps: int, vocabulary: str = "m
 PRMS = ("none", "lc", "rw", "self", "truth")
 #: Paired pass@1 differences with bootstrap CIs; truth - none is the headroom: what clean step labels buy at all;
 #: none_b - none (hidden vocabulary) the noise floor: ``none`` again, trained on other data orders.
-PAIRS = (("lc", "none"), ("lc", "self"), ("lc", "truth"), ("truth", "none"), ("none_b", "none"))
+PAIRS = (("lc", "none"), ("lc", "self"), ("lc", "truth"), ("truth", "none"), ("none_b", "none"), ("self", "none"))
 
 
 def summarise(cells: list[dict]) -> list[dict]:
@@ -254,7 +256,7 @@ def summarise(cells: list[dict]) -> list[dict]:
             row[f"auroc_{name}"] = float(np.mean([c[f"auroc_{name}"] for c in group]))
         clusters = [c["seed"] for c in group for _ in c["pass_none"]]
         for first, other in PAIRS:
-            if any(f"pass_{first}" not in c for c in group):
+            if any(f"pass_{name}" not in c for c in group for name in (first, other)):
                 continue
             diff = np.array([v for c in group for v in np.subtract(c[f"pass_{first}"], c[f"pass_{other}"])])
             row[f"{first}_minus_{other}"] = float(diff.mean())

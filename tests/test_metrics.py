@@ -140,6 +140,11 @@ def test_bootstrap_ci_clusters_resample_whole_groups():
     # Within-cluster spread still counts: one cluster of 0/1 values is a plain bootstrap of those values.
     low, high = bootstrap_ci([0, 1] * 100, 20_000, seed=3, clusters=[7] * 200)
     assert low == pytest.approx(0.5 - 0.069, abs=0.01) and high == pytest.approx(0.5 + 0.069, abs=0.01)
+    # Unequal sizes: 10 zeros and 30 ones draw AA, BB or AB (means 0, 1, 30/40 = 0.75 weighted by size, with
+    # probabilities 1/4, 1/4, 1/2): the 30th and 70th percentiles are both 0.75 (an unweighted mean of cluster
+    # means would give 0.5, resampling the pooled drawn values would spread around 0.75). Tuple labels work.
+    values, clusters = [0.0] * 10 + [1.0] * 30, [(8, 0)] * 10 + [(8, 1)] * 30
+    assert bootstrap_ci(values, 20_000, seed=0, clusters=clusters, confidence=0.4) == (0.75, 0.75)
     with pytest.raises(ValueError, match="one label per value"):
         bootstrap_ci([0, 1, 1], clusters=["a", "b"])
 
