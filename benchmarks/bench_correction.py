@@ -23,7 +23,7 @@ the pass@1 that better labels can buy at all (the headroom). Part ``ranking`` re
 (``vocabulary="hidden"``: 8 or 32 good strings and as many bad ones, a seeded random map) with 200 held-out
 problems x 8 candidates, where the marked task's ranking saturates; there every PRM can be trained on several data
 orders (``--replicas``, pass@1 averaged), a second ``none`` on other orders gives the noise floor (``none' -
-none``: PRMs differing only in data order differ by +0.013-0.023 over 9 seeds), and CIs resample seeds, then
+none``: a plain PRM retrained on another data order moved by +0.012 over 9 seeds), and CIs resample seeds, then
 problems. Part ``classeval`` compares MC and corrected
 labels of real ClassEval trajectories with ``step_ground_truth`` (3 seeds, each its own draw of tasks).
 
@@ -186,6 +186,8 @@ def run_cell(noise: str, batch: int, seed: int, steps: int, vocabulary: str = "m
     vocabulary: the noise floor ``none_b`` is ``none`` again on as many other orders: PRMs that differ only in the
     data order differ in pass@1 by about as much as the methods do.
     """
+    if replicas < 1:
+        raise ValueError(f"replicas={replicas}: train each PRM on at least one data order (replicas >= 1).")
     task = synthetic_task(noise, seed, n_eval=n_eval, vocabulary=vocabulary, hidden_size=hidden_size)
     noisy = [r["mc_labels"] for r in task["train"]]
     groups = task["groups"]
@@ -198,9 +200,6 @@ def run_cell(noise: str, batch: int, seed: int, steps: int, vocabulary: str = "m
 
     def rank(name: str, prm: FunctionStepPRM) -> None:
         ranked.setdefault(name, []).append((pass_values(prm, groups), step_auroc(prm, groups)))
-
-    if replicas < 1:
-        raise ValueError(f"replicas={replicas}: train each PRM on at least one data order (replicas >= 1).")
 
     def fit(labels: list[list[float]], method: str, r: int) -> FunctionStepPRMTrainer:
         """A PRM on data order ``r``; 0 is the trainer's default (data_seed = seed), as before replicas existed."""
