@@ -93,9 +93,7 @@ def synthetic_task(noise: str, seed: int, n_problems: int = 96, per_problem: int
     quality = [rng.uniform(0.55, 0.95) for _ in range(n_problems + n_eval)]
 
     def write(p: int) -> tuple[list[str], list[float]]:
-        good = [rng.random() < quality[p] for _ in range(rng.randint(1, 6))]
-        truth = [float(all(good[: k + 1])) for k in range(len(good))]
-        return [rng.choice(good_steps if g else bad_steps) for g in good], truth
+        return random_program(rng, quality[p], good_steps, bad_steps)
 
     rows = []
     for p in range(n_problems):
@@ -110,6 +108,14 @@ def synthetic_task(noise: str, seed: int, n_problems: int = 96, per_problem: int
     groups = [[write(n_problems + e) for _ in range(candidates)] for e in range(n_eval)]
     return {"train": [rows[i] for i in train_idx], "meta": meta, "groups": groups,
             "texts": good_steps + bad_steps + [PROMPT]}
+
+
+def random_program(rng: random.Random, quality: float, good_steps: list[str],
+                   bad_steps: list[str]) -> tuple[list[str], list[float]]:
+    """A program of 1-6 steps, each good with probability ``quality``, and its cumulative step truth."""
+    good = [rng.random() < quality for _ in range(rng.randint(1, 6))]
+    truth = [float(all(good[: k + 1])) for k in range(len(good))]
+    return [rng.choice(good_steps if g else bad_steps) for g in good], truth
 
 
 def _noisy(truth: float, remaining: int, q: float, noise: str, rng: random.Random) -> float:

@@ -1,0 +1,291 @@
+"""Where is label correction's pass@1 headroom? Oracle corrections of `bench_correction`'s hidden-vocabulary task.
+
+`bench_correction` finds that a PRM trained on the true step labels reranks better than one trained on the noisy
+labels (truth - none, the headroom), and that no label method recovers it. This benchmark asks which labels carry
+that headroom. Per cell and seed, a plain PRM (``none``) is trained on the noisy labels; then fresh PRMs are trained
+on label sets in which an *oracle* sets some wrong-side labels (``|label - truth| >= 0.5``) to their truth:
+
+- ``random_25`` / ``random_50`` / ``random_100``: a random 25 / 50 / 100 % of them (nested: a fix of 25 % is in
+  the 50 %); what a correction that meets the issue's label targets (wrong-side rate <= 0.5 x noisy) would buy if
+  its fixes fell at random and it added no errors;
+- ``resisted``: those the plain PRM already predicts on the true side, the only ones a correction that follows the
+  PRM's disagreement with its labels (self-training, confidence thresholds) can find;
+- ``fooled``: those the plain PRM predicts on the wrong side too;
+- ``passing_prefixes`` (no oracle): every non-final label of a passing train trajectory set to 1, what its clean
+  verdict proves (the trajectory itself completes each of its prefixes into a pass).
+
+Every PRM is trained on ``--replicas`` data orders (pass@1 averaged per problem); ``none_b`` is ``none`` on as many
+other orders, the noise floor. CIs resample seeds, then problems (`evaluation.bootstrap_ci` with ``clusters``).
+
+It also measures whether the clean meta set can point at the fooled labels: for every non-final train label, the
+change of its score (logit) under a small step down the meta loss of the plain PRM over every meta program (the
+one-step hypergradient's direction, centred over the labels; the same quantity DARTS estimates per window), and
+reports the AUROC with which "the meta step moves the score away from the label" picks out fooled labels among the
+labels the PRM agrees with, beside the AUROC of the PRM's own doubt ``-|p - 0.5|``. Part ``signal`` repeats that
+measure (order 0 only, no oracle PRMs) with the meta set kept out of the plain PRM's training
+(``meta_warmup_steps=0``) and grown by programs of further problems (`extra_meta_programs`): is the meta set's
+use in the warm-up, or its size, what limits it?
+
+    nice -n 10 python benchmarks/bench_correction_headroom.py --workers 2   # both parts, ~17 min; results/correction_headroom.*
+    nice -n 10 python benchmarks/bench_correction_headroom.py --part signal --workers 2   # one part; the other is kept
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_correction import (  # noqa: E402
+    OUT, PROMPT, STEPS, _pool, hidden_vocabulary, label_error, pass_values, random_program, step_predictions,
+    synthetic_task, train,
+)
+
+from dreamprm_trl.evaluation.metrics import bootstrap_ci  # noqa: E402
+
+LABEL_SETS = ("random_25", "random_50", "random_100", "resisted", "fooled", "passing_prefixes")
+CELLS = (("flip:0.3", 8), ("flip:0.3", 64), ("mc:4", 8))
+#: Part ``signal``: (extra meta programs, ``meta_warmup_steps`` of the plain PRM; ``None``: the default) per cell.
+SIGNAL_GRID = ((0, None), (0, 0), (192, 0), (960, 0))
+SIGNAL_CELLS = (("flip:0.3", 8), ("mc:4", 8))
+
+
+def meta_score_shift(trainer, rows: list[dict], eps: float = 1e-2) -> list[list[float]]:
+    """Per step of ``rows``: logit(score at theta - eps G) - logit(score at theta + eps G), ``G`` the unit gradient
+    of the trainer's meta loss over its whole meta set (positive: a meta step raises the score)."""
+    model = trainer.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    batch = trainer._prepare_inputs(trainer.meta_collator(list(trainer.meta_dataset)))
+    model.eval()
+    logits = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "step_positions")}).step_logits
+    grads = torch.autograd.grad(trainer._meta_loss(logits, batch), params)
+    norm = torch.sqrt(sum((g * g).sum() for g in grads))
+
+    def logit_scores(sign: float) -> list[np.ndarray]:
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p.add_(sign * eps * g / norm)
+        scores = step_predictions(model, rows)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p.sub_(sign * eps * g / norm)
+        return [np.log(np.clip(s, 1e-6, 1 - 1e-6)) - np.log(np.clip(1 - np.asarray(s), 1e-6, 1)) for s in scores]
+
+    return [list(a - b) for a, b in zip(logit_scores(-1.0), logit_scores(+1.0))]
+
+
+def oracle_labels(rows: list[dict], noisy: list[list[float]], preds: list[list[float]], seed: int) -> dict:
+    """Every `LABEL_SETS` label set: the oracle's (chosen wrong-side non-final labels set to their truth) and
+    ``passing_prefixes`` (module docstring)."""
+    rng = random.Random(f"oracle-{seed}")
+    draw = [[rng.random() for _ in y] for y in noisy]
+
+    def fixed(rule) -> list[list[float]]:
+        return [[t if k < len(y) - 1 and abs(v - t) >= 0.5 and rule(p, t, u) else v
+                 for k, (v, t, p, u) in enumerate(zip(y, r["truth"], pr, us))]
+                for y, r, pr, us in zip(noisy, rows, preds, draw)]
+
+    sets = {f"random_{q}": fixed(lambda p, t, u, q=q: u < q / 100) for q in (25, 50, 100)}
+    sets["resisted"] = fixed(lambda p, t, u: (p > 0.5) == (t > 0.5))
+    sets["fooled"] = fixed(lambda p, t, u: (p > 0.5) != (t > 0.5))
+    sets["passing_prefixes"] = [[1.0] * (len(y) - 1) + [y[-1]] if y[-1] == 1.0 else list(y) for y in noisy]
+    return sets
+
+
+def meta_signal(rows: list[dict], noisy: list[list[float]], preds: list[list[float]], shift: list[list[float]]) -> dict:
+    """Shares of resisted / fooled labels and how well the meta step and the PRM's doubt find the fooled ones."""
+    p, y, t, d = (np.array([v for row in rows_ for v in row[:-1]]) for rows_ in
+                  (preds, noisy, [r["truth"] for r in rows], shift))
+    d = d - d.mean()
+    wrong, agree = np.abs(y - t) >= 0.5, (p > 0.5) == (y > 0.5)
+    fooled = wrong & agree
+    away = np.where(y > 0.5, -d, d)  # the meta step moves the score away from the label
+    top = agree & (away >= np.quantile(away[agree], 0.9))
+    return {"labels": int(len(y)), "wrong": float(wrong.mean()), "fooled": float(fooled.mean()),
+            "resisted": float((wrong & ~agree).mean()),
+            "auroc_meta_fooled": float(roc_auc_score(fooled[agree], away[agree])),
+            "auroc_doubt_fooled": float(roc_auc_score(fooled[agree], -np.abs(p - 0.5)[agree])),
+            "precision_meta_top10": float(fooled[top].mean()),
+            "auroc_meta_wrong": float(roc_auc_score(wrong, away)),
+            "auroc_disagreement_wrong": float(roc_auc_score(wrong, np.where(y > 0.5, 1 - p, p)))}
+
+
+def extra_meta_programs(seed: int, n: int, size: int) -> list[dict]:
+    """``n`` meta programs of further problems (one each, policy quality ~ U(0.55, 0.95)) over ``seed``'s hidden
+    vocabulary, with clean verdicts: what a larger meta set would add."""
+    good, bad = hidden_vocabulary(seed, size)
+    rng = random.Random(f"extra-meta-{seed}")
+    programs = [random_program(rng, rng.uniform(0.55, 0.95), good, bad) for _ in range(n)]
+    return [{"task_id": f"extra{i}", "prompt": PROMPT, "steps": steps, "passed": bool(truth[-1])}
+            for i, (steps, truth) in enumerate(programs)]
+
+
+def signal_seed(noise: str, batch: int, seed: int, size: int, extra: int, warmup: int | None) -> dict:
+    """`meta_signal` of a plain PRM whose meta set has ``extra`` more programs and whose warm-up on train ∪ meta
+    lasts ``warmup`` steps (``None``: the default)."""
+    task = synthetic_task(noise, seed, n_eval=200, vocabulary="hidden", hidden_size=size)
+    task["meta"] = task["meta"] + extra_meta_programs(seed, extra, size)
+    rows, noisy = task["train"], [r["mc_labels"] for r in task["train"]]
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = train(task, noisy, "none", batch, STEPS[batch], seed, tmp,
+                      **({} if warmup is None else {"meta_warmup_steps": warmup}))
+        signal = meta_signal(rows, noisy, step_predictions(plain.model, rows), meta_score_shift(plain, rows))
+    return {"noise": noise, "batch": batch, "seed": seed, "size": size, "meta_programs": len(task["meta"]),
+            "extra": extra, "warmup": warmup, **signal}
+
+
+def run_seed(noise: str, batch: int, seed: int, size: int, replicas: int) -> dict:
+    """One (noise, batch, seed) of the hidden vocabulary: pass@1 of every PRM over ``replicas`` data orders, and
+    (order 0) the label errors of the oracle sets and the meta signal."""
+    task = synthetic_task(noise, seed, n_eval=200, vocabulary="hidden", hidden_size=size)
+    rows, groups = task["train"], task["groups"]
+    noisy = [r["mc_labels"] for r in rows]
+    passes: dict[str, list] = {}
+    out = {"noise": noise, "batch": batch, "seed": seed, "size": size, "replicas": replicas}
+    with tempfile.TemporaryDirectory() as tmp:
+        def fit(labels, data_seed):
+            return train(task, labels, "none", batch, STEPS[batch], seed, tmp, data_seed=data_seed)
+
+        for r in range(replicas):
+            plain = fit(noisy, seed + 1000 * r)  # order 0 is the trainer's default data_seed = seed
+            preds = step_predictions(plain.model, rows)
+            passes.setdefault("none", []).append(pass_values(plain.model, groups))
+            passes.setdefault("none_b", []).append(pass_values(fit(noisy, seed + 1000 * (replicas + r)).model, groups))
+            sets = oracle_labels(rows, noisy, preds, seed)
+            for name in LABEL_SETS:
+                passes.setdefault(name, []).append(pass_values(fit(sets[name], seed + 1000 * r).model, groups))
+            if r == 0:
+                out["signal"] = meta_signal(rows, noisy, preds, meta_score_shift(plain, rows))
+                out["errors"] = {"noisy": label_error(task, noisy), **{n: label_error(task, sets[n]) for n in sets}}
+    out.update({f"pass_{n}": np.mean(v, axis=0).tolist() for n, v in passes.items()})
+    return out
+
+
+def summarise(cells: list[dict]) -> list[dict]:
+    """Per (size, noise, batch): mean pass@1, each label set minus ``none`` with a seed-clustered CI, mean errors
+    and meta signal over seeds."""
+    table = []
+    for key in dict.fromkeys((c["size"], c["noise"], c["batch"]) for c in cells):
+        group = [c for c in cells if (c["size"], c["noise"], c["batch"]) == key]
+        clusters = [c["seed"] for c in group for _ in c["pass_none"]]
+        row = {"size": key[0], "noise": key[1], "batch": key[2], "seeds": len(group), "replicas": group[0]["replicas"],
+               "signal": {k: float(np.mean([c["signal"][k] for c in group])) for k in group[0]["signal"]},
+               "errors": {n: np.mean([c["errors"][n] for c in group], axis=0).tolist() for n in group[0]["errors"]}}
+        for name in ("none", "none_b") + LABEL_SETS:
+            row[f"pass_{name}"] = float(np.mean([v for c in group for v in c[f"pass_{name}"]]))
+            if name != "none":
+                diff = np.array([v for c in group for v in np.subtract(c[f"pass_{name}"], c["pass_none"])])
+                row[f"{name}_minus_none"] = float(diff.mean())
+                row[f"{name}_minus_none_ci"] = bootstrap_ci(diff, n_bootstrap=2000, clusters=clusters)
+        table.append(row)
+    return table
+
+
+def summarise_signal(runs: list[dict]) -> list[dict]:
+    """Mean `meta_signal` measures over seeds per (noise, batch, extra, warmup)."""
+    table = []
+    for key in dict.fromkeys((r["noise"], r["batch"], r["extra"], r["warmup"]) for r in runs):
+        group = [r for r in runs if (r["noise"], r["batch"], r["extra"], r["warmup"]) == key]
+        row = {k: group[0][k] for k in ("noise", "batch", "size", "extra", "warmup")}
+        row.update({k: float(np.mean([r[k] for r in group])) for k in SIGNAL_KEYS + ("meta_programs",)})
+        table.append(dict(row, seeds=len(group)))
+    return table
+
+
+SIGNAL_KEYS = ("wrong", "resisted", "fooled", "auroc_meta_fooled", "auroc_doubt_fooled", "precision_meta_top10",
+               "auroc_meta_wrong", "auroc_disagreement_wrong")
+SIGNAL_HEADER = ("wrong-side | resisted | fooled | AUROC meta step: fooled among labels the PRM agrees with | AUROC "
+                 "PRM doubt: same | fooled share of the meta step's top 10 % | AUROC meta step: any wrong-side label | "
+                 "AUROC PRM disagreement: same |")
+
+
+def markdown_signal(part: dict) -> list[str]:
+    lines = ["## Part `signal`: the meta step without the warm-up's meta programs, and with more of them", "",
+             part["command"], "", "Plain PRM on the noisy labels, order 0, mean over seeds.", "",
+             "| strings | noise | batch | meta programs | meta in the warm-up | " + SIGNAL_HEADER, "|" + "---|" * 13]
+    for r in part["table"]:
+        warm = "20 steps (default)" if r["warmup"] is None else "no"
+        lines.append(f"| {2 * r['size']} | {r['noise']} | {r['batch']} | {r['meta_programs']:.0f} | {warm} | "
+                     + " | ".join(f"{r[k]:.3f}" for k in SIGNAL_KEYS) + " |")
+    return lines
+
+
+def markdown_headroom(table: list[dict], command: str) -> list[str]:
+    lines = ["## Part `headroom`: PRMs on oracle-fixed labels", "",
+             command, "", "Pass@1 of PRMs trained on oracle-fixed label sets, minus the plain PRM on the noisy labels "
+             "(95 % CI over seeds, then problems); in parentheses: the label set's wrong-side rate.", "",
+             "| strings | noise | batch | seeds x orders | none | noise floor: none' - none | "
+             + " | ".join(LABEL_SETS) + " |", "|" + "---|" * (6 + len(LABEL_SETS))]
+    for r in table:
+        cells = []
+        for name in ("none_b",) + LABEL_SETS:
+            lo, hi = r[f"{name}_minus_none_ci"]
+            err = f" (wrong {r['errors'][name][1]:.3f})" if name in r["errors"] else ""
+            cells.append(f"{r[f'{name}_minus_none']:+.3f} [{lo:+.3f}, {hi:+.3f}]{err}")
+        lines.append(f"| {2 * r['size']} | {r['noise']} | {r['batch']} | {r['seeds']} x {r['replicas']} | "
+                     f"{r['pass_none']:.3f} (wrong {r['errors']['noisy'][1]:.3f}) | " + " | ".join(cells) + " |")
+    lines += ["", "Can the meta set find the fooled labels? Non-final train labels of the plain PRM (order 0), mean "
+              "over seeds:", "", "| strings | noise | batch | " + SIGNAL_HEADER, "|" + "---|" * 11]
+    for r in table:
+        lines.append(f"| {2 * r['size']} | {r['noise']} | {r['batch']} | "
+                     + " | ".join(f"{r['signal'][k]:.3f}" for k in SIGNAL_KEYS) + " |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--part", choices=["headroom", "signal", "all"], default="all",
+                        help="run one part; the other, if in OUT.json, is kept")
+    parser.add_argument("--seeds", type=int, default=9)
+    parser.add_argument("--replicas", type=int, default=4, help="data orders each PRM is trained on (headroom)")
+    parser.add_argument("--size", type=int, default=8, help="good (and bad) strings of the hidden vocabulary")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--out", default=os.path.join(OUT, "correction_headroom"), help="writes OUT.md and OUT.json")
+    args = parser.parse_args()
+    parts = {}
+    if os.path.exists(args.out + ".json"):
+        with open(args.out + ".json") as f:
+            parts = json.load(f)
+    for part in (["headroom", "signal"] if args.part == "all" else [args.part]):
+        start = time.time()
+        with _pool(args.workers) as pool:
+            if part == "headroom":
+                futures = [pool.submit(run_seed, noise, batch, seed, args.size, args.replicas)
+                           for noise, batch in CELLS for seed in range(args.seeds)]
+            else:
+                futures = [pool.submit(signal_seed, noise, batch, seed, args.size, extra, warmup)
+                           for noise, batch in SIGNAL_CELLS for extra, warmup in SIGNAL_GRID
+                           for seed in range(args.seeds)]
+            cells = [f.result() for f in futures]
+        defaults = (("seeds", 9), ("replicas", 4), ("size", 8), ("workers", 1))
+        flags = "".join(f" --{k} {getattr(args, k)}" for k, v in defaults if getattr(args, k) != v)
+        command = (f"`nice -n 10 python benchmarks/bench_correction_headroom.py --part {part}{flags}` "
+                   f"({time.time() - start:.0f} s, {args.workers} process{'es' if args.workers > 1 else ''})")
+        table = summarise(cells) if part == "headroom" else summarise_signal(cells)
+        parts[part] = {"command": command, "table": table, "cells": cells}
+    with open(args.out + ".json", "w") as f:
+        json.dump(parts, f, indent=1)
+    lines = ["# Where is label correction's pass@1 headroom? (`benchmarks/bench_correction_headroom.py`)", ""]
+    if "headroom" in parts:
+        lines += markdown_headroom(parts["headroom"]["table"], parts["headroom"]["command"]) + [""]
+    if "signal" in parts:
+        lines += markdown_signal(parts["signal"]) + [""]
+    text = "\n".join(lines)
+    with open(args.out + ".md", "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
