@@ -22,9 +22,9 @@ change of its score (logit) under a small step down the meta loss of the plain P
 one-step hypergradient's direction, centred over the labels; the same quantity DARTS estimates per window), and
 reports the AUROC with which "the meta step moves the score away from the label" picks out fooled labels among the
 labels the PRM agrees with, beside the AUROC of the PRM's own doubt ``-|p - 0.5|``. Part ``signal`` repeats that
-measure (order 0 only, no oracle PRMs) with the meta set kept out of the plain PRM's training
-(``meta_warmup_steps=0``) and grown by programs of further problems (`extra_meta_programs`): is the meta set's
-use in the warm-up, or its size, what limits it?
+measure (order 0 only, no oracle PRMs) along the implicit hypergradient's direction (5 Neumann terms), with the
+meta set kept out of the plain PRM's training (``meta_warmup_steps=0``), and grown by programs of further problems
+(`extra_meta_programs`): is the one-step unroll, the meta set's use in the warm-up, or its size what limits it?
 
     nice -n 10 python benchmarks/bench_correction_headroom.py --workers 2   # both parts, ~17 min; results/correction_headroom.*
     nice -n 10 python benchmarks/bench_correction_headroom.py --part signal --workers 2   # one part; the other is kept
@@ -53,36 +53,82 @@ from bench_correction import (  # noqa: E402
 )
 
 from dreamprm_trl.evaluation.metrics import bootstrap_ci  # noqa: E402
+from dreamprm_trl.training.hypergradient import neumann_inverse_hvp  # noqa: E402
+from dreamprm_trl.training.meta_methods import weighted_step_loss  # noqa: E402
+from dreamprm_trl.training.meta_step import MODEL_INPUTS  # noqa: E402
 
 LABEL_SETS = ("random_25", "random_50", "random_100", "resisted", "fooled", "passing_prefixes")
 CELLS = (("flip:0.3", 8), ("flip:0.3", 64), ("mc:4", 8))
-#: Part ``signal``: (extra meta programs, ``meta_warmup_steps`` of the plain PRM; ``None``: the default) per cell.
-SIGNAL_GRID = ((0, None), (0, 0), (192, 0), (960, 0))
+#: Part ``signal``: (extra meta programs, ``meta_warmup_steps`` of the plain PRM (``None``: the default), Neumann
+#: terms of the direction (0: the one-step direction)) per cell.
+SIGNAL_GRID = ((0, None, 0), (0, None, 5), (0, 0, 0), (192, 0, 0), (960, 0, 0))
 SIGNAL_CELLS = (("flip:0.3", 8), ("mc:4", 8))
 
 
-def meta_score_shift(trainer, rows: list[dict], eps: float = 1e-2) -> list[list[float]]:
-    """Per step of ``rows``: logit(score at theta - eps G) - logit(score at theta + eps G), ``G`` the unit gradient
-    of the trainer's meta loss over its whole meta set (positive: a meta step raises the score)."""
+def meta_score_shift(trainer, rows: list[dict], eps: float = 1e-2, neumann_steps: int = 0) -> list[list[float]]:
+    """Per step of ``rows``: logit(score at theta - eps d) - logit(score at theta + eps d) (positive: a meta step
+    raises the score). ``d`` is the unit gradient ``G`` of the trainer's meta loss over its whole meta set, or with
+    ``neumann_steps`` > 0 ``H^-1 G`` (`hypergradient.neumann_inverse_hvp`, ``H`` the Hessian of the inner loss
+    on every train row's noisy labels): the implicit hypergradient's direction instead of the one-step one."""
     model = trainer.model
     params = [p for p in model.parameters() if p.requires_grad]
-    batch = trainer._prepare_inputs(trainer.meta_collator(list(trainer.meta_dataset)))
     model.eval()
-    logits = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "step_positions")}).step_logits
-    grads = torch.autograd.grad(trainer._meta_loss(logits, batch), params)
-    norm = torch.sqrt(sum((g * g).sum() for g in grads))
+    direction = _loss_grad(trainer, params, trainer.meta_collator(list(trainer.meta_dataset)), meta=True)
+    if neumann_steps:
+        direction, _ = neumann_inverse_hvp(direction, inner_hvp(trainer, params, eps), neumann_steps)
 
-    def logit_scores(sign: float) -> list[np.ndarray]:
-        with torch.no_grad():
-            for p, g in zip(params, grads):
-                p.add_(sign * eps * g / norm)
-        scores = step_predictions(model, rows)
-        with torch.no_grad():
-            for p, g in zip(params, grads):
-                p.sub_(sign * eps * g / norm)
-        return [np.log(np.clip(s, 1e-6, 1 - 1e-6)) - np.log(np.clip(1 - np.asarray(s), 1e-6, 1)) for s in scores]
+    def logit_scores() -> list[np.ndarray]:
+        return [np.log(np.clip(s, 1e-6, 1 - 1e-6)) - np.log(np.clip(1 - np.asarray(s), 1e-6, 1))
+                for s in step_predictions(model, rows)]
 
-    return [list(a - b) for a, b in zip(logit_scores(-1.0), logit_scores(+1.0))]
+    down, up, _ = _perturbed(params, [-t for t in direction], eps, logit_scores)
+    return [list(a - b) for a, b in zip(down, up)]
+
+
+def inner_hvp(trainer, params: list, eps: float = 1e-2):
+    """``u -> H u``, ``H`` the Hessian of the plain inner loss on every train row's labels, by central differences
+    of its gradient at ``theta +- eps u / ||u||``."""
+    batch = trainer.data_collator(list(trainer.train_dataset))
+
+    def hvp(u: list[torch.Tensor]) -> list[torch.Tensor]:
+        plus, minus, h = _perturbed(params, u, eps, lambda: _loss_grad(trainer, params, batch, meta=False))
+        return [(a - b) / (2 * h) for a, b in zip(plus, minus)]
+
+    return hvp
+
+
+def _loss_grad(trainer, params: list, batch: dict, meta: bool) -> list[torch.Tensor]:
+    """Gradient of the meta loss (``meta``) or of the plain inner loss on ``batch``."""
+    batch = trainer._prepare_inputs(batch)
+    with torch.enable_grad():
+        logits = trainer.model(**{k: batch[k] for k in MODEL_INPUTS}).step_logits.float()
+        if meta:
+            loss = trainer._meta_loss(logits, batch)
+        else:
+            per, mask = weighted_step_loss(logits, batch["step_labels"], None, trainer.args.loss_type,
+                                           trainer.args.label_smoothing)
+            loss = per.sum() / mask.sum()
+        return [g.detach() for g in torch.autograd.grad(loss, params)]
+
+
+def _perturbed(params: list, u: list[torch.Tensor], eps: float, fn):
+    """``(fn() at theta + h u, fn() at theta - h u, h)`` with ``h = eps / ||u||``; ``params`` restored."""
+    h = eps / float(torch.sqrt(sum((t * t).sum() for t in u)))
+    original = [p.detach().clone() for p in params]
+    try:
+        with torch.no_grad():
+            for p, o, t in zip(params, original, u):
+                p.copy_(o + h * t)
+        plus = fn()
+        with torch.no_grad():
+            for p, o, t in zip(params, original, u):
+                p.copy_(o - h * t)
+        minus = fn()
+    finally:
+        with torch.no_grad():
+            for p, o in zip(params, original):
+                p.copy_(o)
+    return plus, minus, h
 
 
 def oracle_labels(rows: list[dict], noisy: list[list[float]], preds: list[list[float]], seed: int) -> dict:
@@ -131,18 +177,20 @@ def extra_meta_programs(seed: int, n: int, size: int) -> list[dict]:
             for i, (steps, truth) in enumerate(programs)]
 
 
-def signal_seed(noise: str, batch: int, seed: int, size: int, extra: int, warmup: int | None) -> dict:
+def signal_seed(noise: str, batch: int, seed: int, size: int, extra: int, warmup: int | None,
+                neumann_steps: int = 0) -> dict:
     """`meta_signal` of a plain PRM whose meta set has ``extra`` more programs and whose warm-up on train ∪ meta
-    lasts ``warmup`` steps (``None``: the default)."""
+    lasts ``warmup`` steps (``None``: the default), along the meta direction of ``neumann_steps`` terms."""
     task = synthetic_task(noise, seed, n_eval=200, vocabulary="hidden", hidden_size=size)
     task["meta"] = task["meta"] + extra_meta_programs(seed, extra, size)
     rows, noisy = task["train"], [r["mc_labels"] for r in task["train"]]
     with tempfile.TemporaryDirectory() as tmp:
         plain = train(task, noisy, "none", batch, STEPS[batch], seed, tmp,
                       **({} if warmup is None else {"meta_warmup_steps": warmup}))
-        signal = meta_signal(rows, noisy, step_predictions(plain.model, rows), meta_score_shift(plain, rows))
+        shift = meta_score_shift(plain, rows, neumann_steps=neumann_steps)
+        signal = meta_signal(rows, noisy, step_predictions(plain.model, rows), shift)
     return {"noise": noise, "batch": batch, "seed": seed, "size": size, "meta_programs": len(task["meta"]),
-            "extra": extra, "warmup": warmup, **signal}
+            "extra": extra, "warmup": warmup, "neumann_steps": neumann_steps, **signal}
 
 
 def run_seed(noise: str, batch: int, seed: int, size: int, replicas: int) -> dict:
@@ -193,11 +241,11 @@ def summarise(cells: list[dict]) -> list[dict]:
 
 
 def summarise_signal(runs: list[dict]) -> list[dict]:
-    """Mean `meta_signal` measures over seeds per (noise, batch, extra, warmup)."""
-    table = []
-    for key in dict.fromkeys((r["noise"], r["batch"], r["extra"], r["warmup"]) for r in runs):
-        group = [r for r in runs if (r["noise"], r["batch"], r["extra"], r["warmup"]) == key]
-        row = {k: group[0][k] for k in ("noise", "batch", "size", "extra", "warmup")}
+    """Mean `meta_signal` measures over seeds per (noise, batch, extra, warmup, neumann_steps)."""
+    table, keys = [], ("noise", "batch", "extra", "warmup", "neumann_steps")
+    for key in dict.fromkeys(tuple(r[k] for k in keys) for r in runs):
+        group = [r for r in runs if tuple(r[k] for k in keys) == key]
+        row = {k: group[0][k] for k in keys + ("size",)}
         row.update({k: float(np.mean([r[k] for r in group])) for k in SIGNAL_KEYS + ("meta_programs",)})
         table.append(dict(row, seeds=len(group)))
     return table
@@ -211,12 +259,16 @@ SIGNAL_HEADER = ("wrong-side | resisted | fooled | AUROC meta step: fooled among
 
 
 def markdown_signal(part: dict) -> list[str]:
-    lines = ["## Part `signal`: the meta step without the warm-up's meta programs, and with more of them", "",
-             part["command"], "", "Plain PRM on the noisy labels, order 0, mean over seeds.", "",
-             "| strings | noise | batch | meta programs | meta in the warm-up | " + SIGNAL_HEADER, "|" + "---|" * 13]
+    lines = ["## Part `signal`: the meta step without the warm-up's meta programs, with more of them, and implicit",
+             "", part["command"], "", "Plain PRM on the noisy labels, order 0, mean over seeds. Direction: the meta "
+             "loss's gradient (one step) or `H^-1` of it by 5 Neumann terms (`hypergradient.neumann_inverse_hvp`, "
+             "`H` the inner loss's Hessian on every train row).", "",
+             "| strings | noise | batch | meta programs | meta in the warm-up | direction | " + SIGNAL_HEADER,
+             "|" + "---|" * 14]
     for r in part["table"]:
         warm = "20 steps (default)" if r["warmup"] is None else "no"
-        lines.append(f"| {2 * r['size']} | {r['noise']} | {r['batch']} | {r['meta_programs']:.0f} | {warm} | "
+        way = f"Neumann {r['neumann_steps']}" if r.get("neumann_steps") else "one step"
+        lines.append(f"| {2 * r['size']} | {r['noise']} | {r['batch']} | {r['meta_programs']:.0f} | {warm} | {way} | "
                      + " | ".join(f"{r[k]:.3f}" for k in SIGNAL_KEYS) + " |")
     return lines
 
@@ -264,8 +316,8 @@ def main() -> None:
                 futures = [pool.submit(run_seed, noise, batch, seed, args.size, args.replicas)
                            for noise, batch in CELLS for seed in range(args.seeds)]
             else:
-                futures = [pool.submit(signal_seed, noise, batch, seed, args.size, extra, warmup)
-                           for noise, batch in SIGNAL_CELLS for extra, warmup in SIGNAL_GRID
+                futures = [pool.submit(signal_seed, noise, batch, seed, args.size, extra, warmup, neumann)
+                           for noise, batch in SIGNAL_CELLS for extra, warmup, neumann in SIGNAL_GRID
                            for seed in range(args.seeds)]
             cells = [f.result() for f in futures]
         defaults = (("seeds", 9), ("replicas", 4), ("size", 8), ("workers", 1))
