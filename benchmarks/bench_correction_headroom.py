@@ -53,7 +53,7 @@ from bench_correction import (  # noqa: E402
 )
 
 from dreamprm_trl.evaluation.metrics import bootstrap_ci  # noqa: E402
-from dreamprm_trl.training.hypergradient import neumann_inverse_hvp  # noqa: E402
+from dreamprm_trl.training.hypergradient import _assign, _central_difference, neumann_inverse_hvp  # noqa: E402
 from dreamprm_trl.training.meta_methods import weighted_step_loss  # noqa: E402
 from dreamprm_trl.training.meta_step import MODEL_INPUTS  # noqa: E402
 
@@ -112,23 +112,14 @@ def _loss_grad(trainer, params: list, batch: dict, meta: bool) -> list[torch.Ten
 
 
 def _perturbed(params: list, u: list[torch.Tensor], eps: float, fn):
-    """``(fn() at theta + h u, fn() at theta - h u, h)`` with ``h = eps / ||u||``; ``params`` restored."""
-    h = eps / float(torch.sqrt(sum((t * t).sum() for t in u)))
+    """``(fn() at theta + h u, fn() at theta - h u, h)`` with ``h = eps / ||u||`` (the library's central
+    difference, `hypergradient._central_difference`); ``params`` restored."""
     original = [p.detach().clone() for p in params]
-    try:
-        with torch.no_grad():
-            for p, o, t in zip(params, original, u):
-                p.copy_(o + h * t)
-        plus = fn()
-        with torch.no_grad():
-            for p, o, t in zip(params, original, u):
-                p.copy_(o - h * t)
-        minus = fn()
-    finally:
-        with torch.no_grad():
-            for p, o in zip(params, original):
-                p.copy_(o)
-    return plus, minus, h
+    with torch.no_grad():  # in-place moves of leaf parameters; `_loss_grad` re-enables grad for itself
+        try:
+            return _central_difference(params, original, u, fn, eps)
+        finally:
+            _assign(params, original)
 
 
 def oracle_labels(rows: list[dict], noisy: list[list[float]], preds: list[list[float]], seed: int) -> dict:
