@@ -259,17 +259,22 @@ def summarise(cells: list[dict]) -> list[dict]:
             row[f"pass_{name}"] = float(np.mean([v for c in group for v in c[f"pass_{name}"]]))
         for name in PRMS:
             row[f"auroc_{name}"] = float(np.mean([c[f"auroc_{name}"] for c in group]))
-        clusters = [c["seed"] for c in group for _ in c["pass_none"]]
         for first, other in PAIRS:
             if any(f"pass_{name}" not in c for c in group for name in (first, other)):
                 continue
-            diff = np.array([v for c in group for v in np.subtract(c[f"pass_{first}"], c[f"pass_{other}"])])
-            row[f"{first}_minus_{other}"] = float(diff.mean())
-            row[f"{first}_minus_{other}_ci"] = bootstrap_ci(diff, n_bootstrap=2000, clusters=clusters)
+            row[f"{first}_minus_{other}"], row[f"{first}_minus_{other}_ci"] = paired_difference(group, first, other)
         row["problems"] = sum(len(c["pass_none"]) for c in group)
         row["informative"] = sum(0 < r < 1 for c in group for r in c["pass_random"])
         table.append(row)
     return table
+
+
+def paired_difference(group: list[dict], first: str, other: str) -> tuple[float, tuple[float, float]]:
+    """Mean pass@1 of ``first`` minus ``other`` over the problems of every cell in ``group``, and its 95 % CI
+    resampling seeds, then problems within them (`bootstrap_ci` with ``clusters``)."""
+    diff = np.array([v for c in group for v in np.subtract(c[f"pass_{first}"], c[f"pass_{other}"])])
+    clusters = [c["seed"] for c in group for _ in c[f"pass_{first}"]]
+    return float(diff.mean()), bootstrap_ci(diff, n_bootstrap=2000, clusters=clusters)
 
 
 def _ms(r: dict, key: str) -> str:

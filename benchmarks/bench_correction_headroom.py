@@ -33,7 +33,6 @@ meta set kept out of the plain PRM's training (``meta_warmup_steps=0``), and gro
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -48,14 +47,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_correction import (  # noqa: E402
-    OUT, PROMPT, STEPS, _pool, hidden_vocabulary, label_error, pass_values, random_program, step_predictions,
-    synthetic_task, train,
+    OUT, PROMPT, STEPS, _merge, _pool, hidden_vocabulary, label_error, paired_difference, pass_values, random_program,
+    step_predictions, synthetic_task, train,
 )
 
-from dreamprm_trl.evaluation.metrics import bootstrap_ci  # noqa: E402
 from dreamprm_trl.training.hypergradient import _assign, _central_difference, neumann_inverse_hvp  # noqa: E402
-from dreamprm_trl.training.meta_methods import weighted_step_loss  # noqa: E402
-from dreamprm_trl.training.meta_step import MODEL_INPUTS  # noqa: E402
+from dreamprm_trl.training.meta_step import MODEL_INPUTS, _grads  # noqa: E402
 
 LABEL_SETS = ("random_25", "random_50", "random_100", "resisted", "fooled", "passing_prefixes")
 CELLS = (("flip:0.3", 8), ("flip:0.3", 64), ("mc:4", 8))
@@ -72,8 +69,9 @@ def meta_score_shift(trainer, rows: list[dict], eps: float = 1e-2, neumann_steps
     on every train row's noisy labels): the implicit hypergradient's direction instead of the one-step one."""
     model = trainer.model
     params = [p for p in model.parameters() if p.requires_grad]
-    model.eval()
-    direction = _loss_grad(trainer, params, trainer.meta_collator(list(trainer.meta_dataset)), meta=True)
+    model.eval()  # `compute_loss` then trains on the raw labels, the meta step's passes are deterministic
+    meta = trainer._prepare_inputs(trainer.meta_collator(list(trainer.meta_dataset)))
+    direction = _grad(params, lambda: trainer._meta_loss(model(**{k: meta[k] for k in MODEL_INPUTS}).step_logits, meta))
     if neumann_steps:
         direction, _ = neumann_inverse_hvp(direction, inner_hvp(trainer, params, eps), neumann_steps)
 
@@ -86,36 +84,30 @@ def meta_score_shift(trainer, rows: list[dict], eps: float = 1e-2, neumann_steps
 
 
 def inner_hvp(trainer, params: list, eps: float = 1e-2):
-    """``u -> H u``, ``H`` the Hessian of the plain inner loss on every train row's labels, by central differences
-    of its gradient at ``theta +- eps u / ||u||``."""
-    batch = trainer.data_collator(list(trainer.train_dataset))
+    """``u -> H u``, ``H`` the Hessian of the plain inner loss (the trainer's `compute_loss` outside training: the
+    mean step loss on the raw labels) on every train row, by central differences of its gradient at
+    ``theta +- eps u / ||u||``."""
+    batch = trainer._prepare_inputs(trainer.data_collator(list(trainer.train_dataset)))
 
     def hvp(u: list[torch.Tensor]) -> list[torch.Tensor]:
-        plus, minus, h = _perturbed(params, u, eps, lambda: _loss_grad(trainer, params, batch, meta=False))
+        plus, minus, h = _perturbed(params, u, eps, lambda: _grad(params, lambda: trainer.compute_loss(trainer.model,
+                                                                                                        batch)))
         return [(a - b) / (2 * h) for a, b in zip(plus, minus)]
 
     return hvp
 
 
-def _loss_grad(trainer, params: list, batch: dict, meta: bool) -> list[torch.Tensor]:
-    """Gradient of the meta loss (``meta``) or of the plain inner loss on ``batch``."""
-    batch = trainer._prepare_inputs(batch)
+def _grad(params: list, loss_fn) -> list[torch.Tensor]:
+    """``d loss_fn() / d params`` (the trainer's `_grads`), detached, with grad on whatever the caller's mode."""
     with torch.enable_grad():
-        logits = trainer.model(**{k: batch[k] for k in MODEL_INPUTS}).step_logits.float()
-        if meta:
-            loss = trainer._meta_loss(logits, batch)
-        else:
-            per, mask = weighted_step_loss(logits, batch["step_labels"], None, trainer.args.loss_type,
-                                           trainer.args.label_smoothing)
-            loss = per.sum() / mask.sum()
-        return [g.detach() for g in torch.autograd.grad(loss, params)]
+        return [g.detach() for g in _grads(loss_fn(), params)]
 
 
 def _perturbed(params: list, u: list[torch.Tensor], eps: float, fn):
     """``(fn() at theta + h u, fn() at theta - h u, h)`` with ``h = eps / ||u||`` (the library's central
     difference, `hypergradient._central_difference`); ``params`` restored."""
     original = [p.detach().clone() for p in params]
-    with torch.no_grad():  # in-place moves of leaf parameters; `_loss_grad` re-enables grad for itself
+    with torch.no_grad():  # in-place moves of leaf parameters; `_grad` re-enables grad for itself
         try:
             return _central_difference(params, original, u, fn, eps)
         finally:
@@ -217,16 +209,13 @@ def summarise(cells: list[dict]) -> list[dict]:
     table = []
     for key in dict.fromkeys((c["size"], c["noise"], c["batch"]) for c in cells):
         group = [c for c in cells if (c["size"], c["noise"], c["batch"]) == key]
-        clusters = [c["seed"] for c in group for _ in c["pass_none"]]
         row = {"size": key[0], "noise": key[1], "batch": key[2], "seeds": len(group), "replicas": group[0]["replicas"],
                "signal": {k: float(np.mean([c["signal"][k] for c in group])) for k in group[0]["signal"]},
                "errors": {n: np.mean([c["errors"][n] for c in group], axis=0).tolist() for n in group[0]["errors"]}}
         for name in ("none", "none_b") + LABEL_SETS:
             row[f"pass_{name}"] = float(np.mean([v for c in group for v in c[f"pass_{name}"]]))
             if name != "none":
-                diff = np.array([v for c in group for v in np.subtract(c[f"pass_{name}"], c["pass_none"])])
-                row[f"{name}_minus_none"] = float(diff.mean())
-                row[f"{name}_minus_none_ci"] = bootstrap_ci(diff, n_bootstrap=2000, clusters=clusters)
+                row[f"{name}_minus_none"], row[f"{name}_minus_none_ci"] = paired_difference(group, name, "none")
         table.append(row)
     return table
 
@@ -296,10 +285,6 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", default=os.path.join(OUT, "correction_headroom"), help="writes OUT.md and OUT.json")
     args = parser.parse_args()
-    parts = {}
-    if os.path.exists(args.out + ".json"):
-        with open(args.out + ".json") as f:
-            parts = json.load(f)
     for part in (["headroom", "signal"] if args.part == "all" else [args.part]):
         start = time.time()
         with _pool(args.workers) as pool:
@@ -316,18 +301,21 @@ def main() -> None:
         command = (f"`nice -n 10 python benchmarks/bench_correction_headroom.py --part {part}{flags}` "
                    f"({time.time() - start:.0f} s, {args.workers} process{'es' if args.workers > 1 else ''})")
         table = summarise(cells) if part == "headroom" else summarise_signal(cells)
-        parts[part] = {"command": command, "table": table, "cells": cells}
-    with open(args.out + ".json", "w") as f:
-        json.dump(parts, f, indent=1)
+        parts = _merge(args.out + ".json", part, {"command": command, "table": table, "cells": cells})
+    text = report(parts)
+    with open(args.out + ".md", "w") as f:
+        f.write(text)
+    print(text)
+
+
+def report(parts: dict) -> str:
+    """correction_headroom.md from every part in OUT.json."""
     lines = ["# Where is label correction's pass@1 headroom? (`benchmarks/bench_correction_headroom.py`)", ""]
     if "headroom" in parts:
         lines += markdown_headroom(parts["headroom"]["table"], parts["headroom"]["command"]) + [""]
     if "signal" in parts:
         lines += markdown_signal(parts["signal"]) + [""]
-    text = "\n".join(lines)
-    with open(args.out + ".md", "w") as f:
-        f.write(text)
-    print(text)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

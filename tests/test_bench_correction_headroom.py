@@ -102,3 +102,15 @@ def test_inner_hvp_matches_double_backward(bench, tmp_path):
     exact, approx = torch.cat([t.flatten() for t in exact]), torch.cat([t.flatten() for t in approx])
     # measured relative error 1.3e-4 (central differences, float32); a wrong scale or sign is off by >= 1
     assert torch.linalg.norm(approx - exact) / torch.linalg.norm(exact) < 1e-2
+
+
+def test_paired_difference_is_first_minus_other_over_every_problem(bench):
+    from bench_correction import paired_difference
+
+    group = [{"seed": 0, "pass_a": [1.0, 1.0], "pass_b": [0.0, 1.0]},
+             {"seed": 1, "pass_a": [0.0, 0.5], "pass_b": [0.0, 0.5]}]
+    mean, (low, high) = paired_difference(group, "a", "b")
+    assert mean == pytest.approx(0.25)  # differences 1, 0 | 0, 0
+    # seed 1 drawn twice (probability 1/4) gives 0, so the 2.5th percentile is 0; nothing exceeds 1 or falls below 0
+    assert low == 0.0 and 0.25 <= high <= 1.0
+    assert paired_difference(group, "b", "a")[0] == pytest.approx(-0.25)
