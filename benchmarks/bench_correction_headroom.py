@@ -1,5 +1,9 @@
 """Where is label correction's pass@1 headroom? Oracle corrections of `bench_correction`'s hidden-vocabulary task.
 
+Run length: `bench_correction.STEPS` (120 / 60 steps at batch 8 / 64), as its stored results were measured. On the
+hidden vocabulary those PRMs are underfit; `bench_correction`'s part ``ranking`` now uses ``RANKING_STEPS``
+(`correction_tried.md`, the round that changed it).
+
 `bench_correction` finds that a PRM trained on the true step labels reranks better than one trained on the noisy
 labels (truth - none, the headroom), and that no label method recovers it. This benchmark asks which labels carry
 that headroom. Per cell and seed, a plain PRM (``none``) is trained on the noisy labels; then fresh PRMs are trained

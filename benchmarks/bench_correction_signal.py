@@ -1,5 +1,9 @@
 """How much can a per-label correction know? The label hypergradient's per-visit accuracy through a whole run.
 
+Run length: `bench_correction.STEPS` (120 / 60 steps at batch 8 / 64), as its stored results were measured. On the
+hidden vocabulary those PRMs are underfit; `bench_correction`'s part ``ranking`` now uses ``RANKING_STEPS``
+(`correction_tried.md`, the round that changed it).
+
 Label correction moves a label only when its window is in a meta step; each such *visit* gives one direction (the
 sign of the centred hypergradient, `hypergradient.standardise_hypergradient`). This benchmark records every visit
 of every learnable label during a default `label_correction` run of `bench_correction`'s synthetic tasks and
