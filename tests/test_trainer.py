@@ -45,7 +45,8 @@ def test_config_cli_yaml_and_validation(tmp_path):
     assert (cfg.meta_method, cfg.lora_target_modules) == ("sample_reweighting", ["q_proj", "v_proj"])
     assert (cfg.learning_rate, cfg.meta_learning_rate, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) == (
         1e-4, None, 8, 16, 0.05)
-    assert (cfg.loss_type, cfg.label_smoothing, cfg.meta_warmup_steps, cfg.meta_split) == ("bce", 0.1, 20, "task")
+    assert (cfg.loss_type, cfg.label_smoothing, cfg.meta_warmup_steps, cfg.meta_split) == ("bce", 0.1, 0.25, "task")
+    assert (cfg.meta_warmup(480), cfg.meta_warmup(60), cfg.meta_warmup(7)) == (120, 15, 2)  # a share, rounded up
     assert cfg.meta_centre_hypergradient is True
     from trl import TrlParser
 
@@ -57,6 +58,11 @@ def test_config_cli_yaml_and_validation(tmp_path):
         FunctionStepPRMConfig(output_dir=str(tmp_path), neumann_steps=-1)
     with pytest.raises(ValueError, match="meta_interval=0 is invalid; set it to an integer >= 1"):
         FunctionStepPRMConfig(output_dir=str(tmp_path), meta_interval=0)
+    (cfg,) = HfArgumentParser(FunctionStepPRMConfig).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--meta_warmup_steps", "20"])
+    assert (cfg.meta_warmup(480), cfg.meta_warmup(7)) == (20, 20)  # a count, whatever the run length
+    with pytest.raises(ValueError, match=r"meta_warmup_steps=1.5 is invalid; set it to a step count .* or a share"):
+        FunctionStepPRMConfig(output_dir=str(tmp_path), meta_warmup_steps=1.5)
     with pytest.raises(ValueError, match="meta_method='bogus'"):
         FunctionStepPRMConfig(output_dir=str(tmp_path), meta_method="bogus")
 
@@ -94,11 +100,13 @@ def test_meta_split_refuses_shared_problems_and_programs(tmp_path):
         FunctionStepPRMTrainer(tiny_prm(), _config(tmp_path, meta_split="program"), train_dataset=train, meta_dataset=same)
 
 
-def test_meta_schedule_warmup_and_interval(tmp_path):
-    """meta_warmup_steps=2, meta_interval=2 over 7 optimizer steps (GA=2): meta updates before steps 3, 5, 7."""
+@pytest.mark.parametrize("warmup", [2, 0.25])
+def test_meta_schedule_warmup_and_interval(tmp_path, warmup):
+    """Warm-up 2 steps (as a count, or 0.25 of 7 rounded up), meta_interval=2 over 7 optimizer steps (GA=2): meta
+    updates before steps 3, 5, 7."""
     train, meta, _ = noisy_task(n_train=4, n_meta=4)
     trainer = FunctionStepPRMTrainer(tiny_prm(), _config(
-        tmp_path, per_device_train_batch_size=1, gradient_accumulation_steps=2, max_steps=7, meta_warmup_steps=2,
+        tmp_path, per_device_train_batch_size=1, gradient_accumulation_steps=2, max_steps=7, meta_warmup_steps=warmup,
         meta_interval=2), train_dataset=train, meta_dataset=meta)
     seen = []
     original = trainer.meta_step
@@ -495,9 +503,10 @@ def test_clean_final_label_never_moves(multistep_run):
 
 def test_calibrated_correction_keeps_labels_still_where_the_verdicts_cannot_tell(tmp_path):
     """Unmarked steps (64 strings, a random map) at CI size: the clean verdicts carry almost no per-label signal,
-    the hypergradient's direction hardly tells their passes from failures (logged reliability <= 0.21), and
-    `meta_calibrate` (default) keeps the labels near their noisy values. Measured, seed 0: MAE 0.258 -> 0.266, wrong side 0.258 -> 0.258; with
-    ``meta_calibrate=False`` the labels take a random walk: MAE 0.258 -> 0.356, wrong side 0.258 -> 0.368."""
+    the hypergradient's direction hardly tells their passes from failures (logged reliability <= 0.24), and
+    `meta_calibrate` (default) keeps the labels near their noisy values. Measured, seed 0, warm-up 25 steps (the
+    default share): MAE 0.258 -> 0.265, wrong side 0.258 -> 0.258; with ``meta_calibrate=False`` the labels take a
+    random walk: MAE 0.258 -> 0.346, wrong side 0.258 -> 0.337."""
     task, noisy, trainer, label_error = _benchmark_run(str(tmp_path), vocabulary="hidden")
     (noisy_mae, noisy_wrong), (mae, wrong) = label_error(task, noisy), label_error(task, trainer.corrected_labels())
     assert mae <= noisy_mae + 0.025, (mae, noisy_mae)

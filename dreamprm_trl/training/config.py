@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,9 +80,12 @@ class FunctionStepPRMConfig(TrainingArguments):
         meta_weight_decay (`float`, defaults to `0.002`): pulls the table towards its initial state (noisy labels,
             weights 1); the authors' 0.002.
         meta_interval (`int`, defaults to `1`): optimizer steps between meta updates.
-        meta_warmup_steps (`int`, defaults to `20`): optimizer steps of plain supervised training on train
-            rows and meta programs (train ∪ meta, as the authors) before the first meta update; ``meta_method="none"``
-            gets the same warm-up when given a ``meta_dataset``, so every method sees the same data.
+        meta_warmup_steps (`int` or `float`, defaults to `0.25`): plain supervised training on train rows and meta
+            programs (train ∪ meta, as the authors) before the first meta update. As `warmup_steps`: an integer is a
+            count of optimizer steps, a float in [0, 1) a share of the run (rounded up). A share, because the meta
+            step needs a PRM that has learned something: a fixed 20 steps was too early in a run 4 x longer (see
+            the README). ``meta_method="none"`` gets the same warm-up when given a ``meta_dataset``, so every
+            method sees the same data.
         meta_centre_hypergradient (`bool`, defaults to `True`): subtract the window mean of the label hypergradient
             before standardising it. The raw hypergradient is mostly a common mode (the meta set's base rate pushes
             every label the same way); see the README for the measurements.
@@ -177,8 +181,10 @@ class FunctionStepPRMConfig(TrainingArguments):
         default=0.002, metadata={"help": "Decay of the meta table towards its initial state (noisy labels, weight 1)."}
     )
     meta_interval: int = field(default=1, metadata={"help": "Optimizer steps between meta updates."})
-    meta_warmup_steps: int = field(
-        default=20, metadata={"help": "Optimizer steps of supervised training on train + meta before meta updates."}
+    meta_warmup_steps: float = field(
+        default=0.25,
+        metadata={"help": "Supervised training on train + meta before meta updates: optimizer steps (an integer) or "
+                  "a share of the run (a float in [0, 1))."},
     )
     meta_batch_size: int = field(default=16, metadata={"help": "Whole programs per process in one meta loss."})
     meta_split: str = field(
@@ -222,7 +228,9 @@ class FunctionStepPRMConfig(TrainingArguments):
             ("meta_split", self.meta_split in META_SPLITS, f"one of {META_SPLITS}"),
             ("meta_weight_decay", self.meta_weight_decay >= 0, "non-negative"),
             ("meta_interval", self.meta_interval >= 1, "an integer >= 1"),
-            ("meta_warmup_steps", self.meta_warmup_steps >= 0, "an integer >= 0"),
+            ("meta_warmup_steps", self.meta_warmup_steps >= 0
+             and (self.meta_warmup_steps < 1 or float(self.meta_warmup_steps).is_integer()),
+             "a step count (an integer >= 1), or a share of the run in [0, 1) such as 0.25"),
             ("meta_batch_size", self.meta_batch_size >= 1, "an integer >= 1"),
             ("meta_inner_learning_rate", self.meta_inner_learning_rate is None or self.meta_inner_learning_rate > 0,
              "positive or None (use the PRM learning rate)"),
@@ -243,6 +251,12 @@ class FunctionStepPRMConfig(TrainingArguments):
                 f"hypergradient='neumann' unrolls no inner step, so meta_unroll={self.meta_unroll!r} has nothing to "
                 "shape; set meta_unroll='sgd' or use hypergradient='darts'."
             )
+
+    def meta_warmup(self, max_steps: int) -> int:
+        """Warm-up optimizer steps in a run of ``max_steps``: ``meta_warmup_steps`` when it is a count (>= 1), else
+        that share of the run rounded up, as `TrainingArguments.get_warmup_steps` reads ``warmup_steps``."""
+        share = self.meta_warmup_steps
+        return int(share) if share >= 1 else math.ceil(max_steps * share)
 
     def prm_fields(self) -> dict[str, Any]:
         """The fields shared with `prm.PRMConfig` (`PRM_FIELDS`), by name: ``FunctionStepPRM.from_backbone(...,

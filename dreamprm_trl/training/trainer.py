@@ -268,9 +268,10 @@ class FunctionStepPRMTrainer(MetaStepMixin, Trainer):
         if self.meta_dataset is not None and self.accelerator.sync_gradients:
             window, self._window = self._window, []
             step, args = self.state.global_step, self.args  # optimizer steps completed before this one
-            if step < args.meta_warmup_steps:  # also with meta_method="none": baselines see the same data
+            warmup = args.meta_warmup(self.state.max_steps)
+            if step < warmup:  # also with meta_method="none": baselines see the same data
                 self._warmup_meta_backward(model)
-            elif self.meta_table is not None and (step - args.meta_warmup_steps) % args.meta_interval == 0:
+            elif self.meta_table is not None and (step - warmup) % args.meta_interval == 0:
                 self.meta_step(model, [self._prepare_inputs(b) for b in window], num_items_in_batch)
         return loss
 
