@@ -2,7 +2,8 @@
 
 Run length: `bench_correction.STEPS` (120 / 60 steps at batch 8 / 64), as its stored results were measured. On the
 hidden vocabulary those PRMs are underfit; `bench_correction`'s part ``ranking`` now uses ``RANKING_STEPS``
-(`correction_tried.md`, the round that changed it).
+(`correction_tried.md`, the round that changed it). Its stored results also had the 20-step meta warm-up of
+the time; a rerun takes the current default (`meta_warmup_steps=0.25`, 30 / 15 steps here).
 
 `bench_correction` finds that a PRM trained on the true step labels reranks better than one trained on the noisy
 labels (truth - none, the headroom), and that no label method recovers it. This benchmark asks which labels carry
